@@ -1,0 +1,78 @@
+"""The one place where recur touches JAX's extension API (``jax.extend``).
+
+Everything recur needs from JAX beyond its public API is imported here and nowhere
+else, so that a JAX upgrade breaks one small module (pinned by ``tests/test_adapter.py``)
+rather than the passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax.extend import core as _jex_core
+from jax.extend import source_info_util as _source_info_util
+
+Literal = _jex_core.Literal
+Var = _jex_core.Var
+DropVar = _jex_core.DropVar
+Jaxpr = _jex_core.Jaxpr
+ClosedJaxpr = _jex_core.ClosedJaxpr
+JaxprEqn = _jex_core.JaxprEqn
+Primitive = _jex_core.Primitive
+Tracer = jax.core.Tracer
+
+
+def is_literal(atom: Any) -> bool:
+    return isinstance(atom, Literal)
+
+
+def literal_value(atom: Any) -> Any:
+    return atom.val
+
+
+def is_concrete(value: Any) -> bool:
+    """True for a value whose contents are known now (not a tracer of any transformation)."""
+    return not isinstance(value, Tracer)
+
+
+def as_closed(jaxpr: Any) -> ClosedJaxpr:
+    """A sub-jaxpr parameter as a ``ClosedJaxpr`` (some primitives store open jaxprs)."""
+    if isinstance(jaxpr, ClosedJaxpr):
+        return jaxpr
+    return ClosedJaxpr(jaxpr, ())
+
+
+def is_jaxpr(obj: Any) -> bool:
+    return isinstance(obj, (Jaxpr, ClosedJaxpr))
+
+
+def eqn_source(eqn: JaxprEqn) -> str:
+    """``file:line (function)`` of the user code that emitted ``eqn``, or ``""``."""
+    try:
+        return _source_info_util.summarize(eqn.source_info)
+    except Exception:  # source info is best-effort decoration, never a reason to fail
+        return ""
+
+
+def eval_jaxpr(closed: ClosedJaxpr, *args: Any) -> list[Any]:
+    return _jex_core.jaxpr_as_fun(closed)(*args)
+
+
+__all__ = [
+    "ClosedJaxpr",
+    "DropVar",
+    "Jaxpr",
+    "JaxprEqn",
+    "Literal",
+    "Primitive",
+    "Tracer",
+    "Var",
+    "as_closed",
+    "eqn_source",
+    "eval_jaxpr",
+    "is_concrete",
+    "is_jaxpr",
+    "is_literal",
+    "literal_value",
+]
