@@ -1,0 +1,35 @@
+"""recur: a compiler for recurrences.
+
+Write one step ``h_t = f(h_{t-1}, x_t, params)``; recur finds its structure, checks it,
+and evaluates all steps in parallel over time where that pays.
+"""
+
+from ._api import Recurrence, plan, recurrence, scan
+from ._errors import (
+    ConvergenceError,
+    DSLError,
+    DSLSyntaxError,
+    PlanError,
+    RecurError,
+    StepFunctionError,
+)
+from ._info import Info
+from ._plan import Plan, Stage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvergenceError",
+    "DSLError",
+    "DSLSyntaxError",
+    "Info",
+    "Plan",
+    "PlanError",
+    "RecurError",
+    "Recurrence",
+    "Stage",
+    "StepFunctionError",
+    "plan",
+    "recurrence",
+    "scan",
+]

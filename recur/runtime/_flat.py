@@ -1,0 +1,59 @@
+"""The state pytree as one flat vector, and the step as a function of that vector.
+
+Solvers work on ``z ∈ K^n``: every state leaf raveled and concatenated, in a common
+compute dtype (the leaves' result type, at least float32 so that bfloat16/float16
+states accumulate in float32).  ``unravel`` casts back to each leaf's own dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..passes._trace import StepIR
+
+
+def compute_dtype(dtypes: Sequence[np.dtype]) -> np.dtype:
+    dt = np.dtype(jnp.result_type(*dtypes)) if dtypes else np.dtype(jnp.float32)
+    if dt.kind in "fc" and dt.itemsize < (8 if dt.kind == "c" else 4):
+        dt = np.dtype(jnp.promote_types(dt, jnp.float32))
+    return dt
+
+
+class FlatStep:
+    """``z' = f(z, x_t, params)`` on the flat state; ``ravel``/``unravel`` convert."""
+
+    def __init__(self, ir: StepIR):
+        self.ir = ir
+        self.n = ir.n_state
+        self.dtype = compute_dtype([leaf.dtype for leaf in ir.state])
+
+    def ravel(self, leaves: Sequence[Any]) -> jax.Array:
+        if not leaves:
+            return jnp.zeros((0,), self.dtype)
+        return jnp.concatenate([jnp.ravel(jnp.asarray(v)).astype(self.dtype) for v in leaves])
+
+    def ravel_batched(self, leaves: Sequence[Any]) -> jax.Array:
+        """Leaves with one leading axis -> (lead, n)."""
+        lead = jnp.shape(leaves[0])[0]
+        return jnp.concatenate(
+            [jnp.reshape(v, (lead, -1)).astype(self.dtype) for v in leaves], axis=1)
+
+    def unravel(self, z: jax.Array, *, lead: tuple[int, ...] = ()) -> list[jax.Array]:
+        out = []
+        for leaf, off in zip(self.ir.state, self.ir.offsets):
+            part = z[..., off:off + leaf.size].reshape(lead + leaf.shape)
+            if leaf.dtype.kind != "c" and np.dtype(self.dtype).kind == "c":
+                part = jnp.real(part)
+            out.append(part.astype(leaf.dtype))
+        return out
+
+    def __call__(self, z: jax.Array, x_leaves: Sequence[Any], p_leaves: Sequence[Any]):
+        h = self.unravel(z)
+        return self.ravel(self.ir.flat_call(h, x_leaves, p_leaves))
+
+
+__all__ = ["FlatStep", "compute_dtype"]

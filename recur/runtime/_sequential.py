@@ -1,0 +1,23 @@
+"""The ``sequential`` method: the plain ``lax.scan`` loop, reference and fallback.
+
+``hs[t] = fn(hs[t-1], xs[t], params)``, exactly
+``jax.lax.scan(lambda h, x: (fn(h, x, params),) * 2, h0, xs)[1]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+
+
+def sequential_scan(step: Callable[[Any, Any], Any], h0: Any, xs: Any, *, length: int,
+                    reverse: bool = False) -> Any:
+    def body(h, x):
+        h_new = step(h, x)
+        return h_new, h_new
+
+    return jax.lax.scan(body, h0, xs, length=length, reverse=reverse)[1]
+
+
+__all__ = ["sequential_scan"]
