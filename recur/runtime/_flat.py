@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._jax_adapter import ClosedJaxpr, eval_jaxpr
 from ..passes._trace import StepIR
 
 
@@ -23,11 +24,23 @@ def compute_dtype(dtypes: Sequence[np.dtype]) -> np.dtype:
     return dt
 
 
+def jaxpr_step(ir: StepIR, consts: Sequence[Any]):
+    """The traced step as ``(h leaves, x leaves, p leaves) -> h' leaves``, with the
+    closed-over arrays given explicitly (so compiled programs never hold stale ones)."""
+    closed = ClosedJaxpr(ir.jaxpr.jaxpr, list(consts))
+
+    def call(h_leaves, x_leaves, p_leaves):
+        return eval_jaxpr(closed, *h_leaves, *x_leaves, *p_leaves)
+
+    return call
+
+
 class FlatStep:
     """``z' = f(z, x_t, params)`` on the flat state; ``ravel``/``unravel`` convert."""
 
-    def __init__(self, ir: StepIR):
+    def __init__(self, ir: StepIR, leaf_step=None):
         self.ir = ir
+        self.leaf_step = ir.flat_call if leaf_step is None else leaf_step
         self.n = ir.n_state
         self.dtype = compute_dtype([leaf.dtype for leaf in ir.state])
 
@@ -53,7 +66,7 @@ class FlatStep:
 
     def __call__(self, z: jax.Array, x_leaves: Sequence[Any], p_leaves: Sequence[Any]):
         h = self.unravel(z)
-        return self.ravel(self.ir.flat_call(h, x_leaves, p_leaves))
+        return self.ravel(self.leaf_step(h, x_leaves, p_leaves))
 
 
 __all__ = ["FlatStep", "compute_dtype"]

@@ -1,27 +1,42 @@
 """The runtime program: evaluate a ``Plan`` on concrete (or traced) values.
 
-One function of ``(h0, xs, params)`` made of JAX operations only, so it runs eagerly,
-under ``jit``, ``vmap``, ``grad``/``vjp`` and ``jvp``.  For ``scan`` it solves the affine
-recurrence, checks the residual (unless ``check=False``) and, per ``on_failure``, falls
-back to the sequential loop inside the same program (``"sequential"``), raises
-(``"raise"``, outside ``jit``), or returns the result as is (``"ignore"``).
+The program is one JAX function of ``(h0 leaves, xs leaves, params leaves, consts)``,
+where ``consts`` are the step's closed-over arrays, passed as arguments: the step is
+evaluated from its jaxpr, never from a Python closure, so a compiled program can be
+reused safely.  It is compiled once per *program key* — the jaxpr (its text and the
+identity of any Python callables in its parameters, such as custom JVP rules), the
+shapes and dtypes of every argument, and every decision of the plan (method, Jacobian
+structure and block layout, options) — and kept in a small LRU cache.  Outside a trace
+this makes repeated calls cheap; under a user's ``jit``/``vmap``/``grad`` the inner ``jit``
+is simply inlined.
+
+For ``scan`` the program solves the affine recurrence, checks the residual (unless
+``check=False``) and, per ``on_failure``, falls back to the sequential loop inside the
+same program (``"sequential"``), raises ``ConvergenceError`` (``"raise"``), or returns the
+result as is (``"ignore"``).
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _jax_adapter as jx
 from .._errors import ConvergenceError
 from .._info import Info
 from .._plan import Plan
 from ._affine import solve_affine
 from ._checks import default_tolerance, residual, with_fallback
-from ._flat import FlatStep
+from ._flat import FlatStep, jaxpr_step
 from ._sequential import sequential_scan
+
+_CACHE_SIZE = 64
+_programs: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
 
 
 def _info(method, iterations, res, converged, fell_back):
@@ -31,70 +46,116 @@ def _info(method, iterations, res, converged, fell_back):
                 lyapunov=jnp.asarray(jnp.nan, jnp.float32))
 
 
-def execute(plan: Plan, h0: Any, xs: Any, params: Any) -> tuple[Any, Info]:
+def _run(plan: Plan, in_trace: bool, h_leaves, x_leaves, p_leaves, consts):
     ir = plan._ir
     options = dict(plan.options)
     T = ir.length
-    flat = FlatStep(ir)
+    leaf_step = jaxpr_step(ir, consts)
+    flat = FlatStep(ir, leaf_step)
     real_dtype = np.dtype(jnp.finfo(flat.dtype).dtype) if flat.dtype.kind in "fc" \
         else np.dtype(np.float32)
-    h_leaves = jax.tree_util.tree_leaves(h0)
-    x_leaves = [] if xs is None else jax.tree_util.tree_leaves(xs)
-    p_leaves = jax.tree_util.tree_leaves(params)
+    x_per_step = x_leaves if x_leaves else None
 
     if plan.method == "sequential" or T == 0:
         def step(h, x):
-            return ir.call(h, x, params)
-        hs = sequential_scan(step, h0, xs, length=T, reverse=ir.reverse)
-        zero = jnp.zeros((), real_dtype)
-        return hs, _info(plan.method, 0, zero, True, False)
+            return leaf_step(h, [] if x is None else x, p_leaves)
+        hs = sequential_scan(step, list(h_leaves), x_per_step, length=T, reverse=ir.reverse)
+        return list(hs), _info(plan.method, 0, jnp.zeros((), real_dtype), True, False)
 
-    x_flat = [jnp.flip(v, 0) if ir.reverse else v for v in x_leaves]
-    per_step = x_flat if x_flat else None
+    if ir.reverse and x_per_step is not None:
+        x_per_step = [jnp.flip(v, 0) for v in x_per_step]
 
     def f(z, x):
         return flat(z, [] if x is None else x, p_leaves)
 
     z0 = flat.ravel(h_leaves)
-    zs = solve_affine(f, z0, per_step, plan._structure, T)
+    zs = solve_affine(f, z0, x_per_step, plan._structure, T)
     tol = default_tolerance([leaf.dtype for leaf in ir.state])
     rtol = options.get("rtol") if options.get("rtol") is not None else tol
     atol = options.get("atol") if options.get("atol") is not None else tol
     on_failure = options.get("on_failure", "sequential")
     fell_back = jnp.asarray(False)
     if options.get("check", True):
-        res, ok = residual(f, z0, zs, per_step, rtol=rtol, atol=atol)
+        res, ok = residual(f, z0, zs, x_per_step, rtol=rtol, atol=atol)
         if on_failure == "sequential":
             def seq():
-                return sequential_scan(f, z0, per_step, length=T)
+                return sequential_scan(f, z0, x_per_step, length=T)
             zs = with_fallback(zs, ok, seq)
             fell_back = ~ok
-        elif on_failure == "raise":
-            _raise_if_failed(ok, res, plan)
+        elif on_failure == "raise" and in_trace:
+            _raise_at_run_time(ok, res, plan.method)
     else:
         res, ok = jnp.asarray(jnp.nan, real_dtype), jnp.asarray(True)
     if ir.reverse:
         zs = jnp.flip(zs, 0)
-    hs = jax.tree_util.tree_unflatten(ir.state_treedef, flat.unravel(zs, lead=(T,)))
-    return hs, _info(plan.method, 1, res.astype(real_dtype), ok, fell_back)
+    return flat.unravel(zs, lead=(T,)), _info(plan.method, 1, res.astype(real_dtype), ok,
+                                               fell_back)
 
 
-def _raise_if_failed(ok, res, plan: Plan) -> None:
-    try:
-        failed = not bool(ok)
-    except jax.errors.ConcretizationTypeError:
-        failed = None
-    if failed:
+def _raise_at_run_time(ok, res, method: str) -> None:
+    def check(ok_value, res_value):
+        if not np.all(ok_value):
+            raise ConvergenceError(
+                f"ConvergenceError: method {method!r} did not meet the tolerance: residual "
+                f"{float(np.max(res_value)):.3g} (on_failure='raise')")
+    jax.debug.callback(check, ok, res)
+
+
+def _callables(jaxpr, out: list) -> None:
+    for eqn in jaxpr.eqns:
+        for value in eqn.params.values():
+            subs = value if isinstance(value, (tuple, list)) else (value,)
+            for sub in subs:
+                if jx.is_jaxpr(sub):
+                    _callables(jx.as_closed(sub).jaxpr, out)
+                elif callable(sub) and not isinstance(sub, type):
+                    out.append(sub)
+
+
+def _avals(leaves) -> tuple:
+    return tuple((tuple(np.shape(v)), str(jnp.result_type(v))) for v in leaves)
+
+
+def program_key(plan: Plan, leaves, in_trace: bool) -> tuple:
+    ir = plan._ir
+    found: list = []
+    _callables(ir.jaxpr.jaxpr, found)
+    structure = plan._structure
+    return (str(ir.jaxpr.jaxpr), tuple(found), tuple(map(_avals, leaves)),
+            plan.method, structure.jacobian, structure.blocks.tobytes(),
+            structure.blocks.shape, plan.options, ir.reverse, ir.length,
+            ir.state_treedef, ir.input_treedef, ir.param_treedef, in_trace)
+
+
+def _concrete(leaves) -> bool:
+    return all(jx.is_concrete(v) for group in leaves for v in group)
+
+
+def execute(plan: Plan, h0: Any, xs: Any, params: Any) -> tuple[Any, Info]:
+    ir = plan._ir
+    h_leaves = [jnp.asarray(v) for v in jax.tree_util.tree_leaves(h0)]
+    x_leaves = [] if xs is None else [jnp.asarray(v) for v in jax.tree_util.tree_leaves(xs)]
+    p_leaves = [jnp.asarray(v) for v in jax.tree_util.tree_leaves(params)]
+    consts = list(ir.jaxpr.consts)
+    groups = (h_leaves, x_leaves, p_leaves, consts)
+    in_trace = not _concrete(groups)
+    key = program_key(plan, groups, in_trace)
+    program = _programs.get(key)
+    if program is None:
+        program = jax.jit(functools.partial(_run, plan, in_trace))
+        _programs[key] = program
+        if len(_programs) > _CACHE_SIZE:
+            _programs.popitem(last=False)
+    else:
+        _programs.move_to_end(key)
+    out_leaves, info = program(h_leaves, x_leaves, p_leaves, consts)
+    if plan.method != "sequential" and dict(plan.options).get("on_failure") == "raise" \
+            and not in_trace and not bool(info.converged):
         raise ConvergenceError(
-            f"method {plan.method!r} did not meet the tolerance: residual {float(res):.3g} "
-            "(on_failure='raise'). Use on_failure='sequential' to fall back to the loop.")
-    if failed is None:
-        def _check(ok_value, res_value):
-            if not bool(ok_value):
-                raise ConvergenceError(
-                    f"ConvergenceError: method {plan.method!r} did not meet the tolerance: "
-                    f"residual {float(res_value):.3g} (on_failure='raise')")
-        jax.debug.callback(_check, ok, res)
+            f"method {plan.method!r} did not meet the tolerance: residual "
+            f"{float(info.residual):.3g} (on_failure='raise'). Use on_failure='sequential' "
+            "to fall back to the loop.")
+    return jax.tree_util.tree_unflatten(ir.state_treedef, out_leaves), info
 
 
-__all__ = ["execute"]
+__all__ = ["execute", "program_key"]

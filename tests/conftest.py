@@ -1,0 +1,26 @@
+"""Test configuration: float64 available, strict dtype promotion, bounded hypothesis."""
+
+import os
+
+import jax
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+# CI: no shrinking (a failure is reported as drawn, with its seed), bounded examples.
+settings.register_profile(
+    "ci", max_examples=15, deadline=None, print_blob=True,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "dev", max_examples=10, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("RECUR_HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def rng():
+    import numpy as np
+    return np.random.default_rng(0)
