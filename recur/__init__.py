@@ -5,6 +5,7 @@ and evaluates all steps in parallel over time where that pays.
 """
 
 from ._api import Recurrence, plan, recurrence, scan
+from ._dsl import DSLRecurrence, compile, load, loads
 from ._errors import (
     ConvergenceError,
     DSLError,
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConvergenceError",
+    "DSLRecurrence",
     "DSLError",
     "DSLSyntaxError",
     "Info",
@@ -29,6 +31,9 @@ __all__ = [
     "Recurrence",
     "Stage",
     "StepFunctionError",
+    "compile",
+    "load",
+    "loads",
     "plan",
     "recurrence",
     "scan",

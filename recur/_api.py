@@ -52,10 +52,10 @@ def scan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
     """All ``T`` states of ``h_t = fn(h_{t-1}, xs[t][, params])``, stacked along a leading
     axis; with ``return_info=True`` also an ``Info`` of what ran."""
     _no_sharding(mesh, axis_name)
+    ir = trace_step(fn, h0, xs, params, length=length, reverse=reverse)
     h0 = _as_arrays(h0)
     xs = None if xs is None else _as_arrays(xs)
     params = None if params is None else _as_arrays(params)
-    ir = trace_step(fn, h0, xs, params, length=length, reverse=reverse)
     the_plan = make_plan(ir, method=method, options=options)
     hs, info = execute(the_plan, h0, xs, params)
     return (hs, info) if return_info else hs

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _jax_adapter as jx
+from .._dtypes import is_inexact
 from ._trace import StepIR
 
 Deps = "np.ndarray | None"
@@ -184,6 +185,8 @@ def _np_impl(eqn, vals):
         return [np.asarray(out).astype(np.dtype(eqn.outvars[0].aval.dtype))]
     if name == "concatenate":
         return [np.concatenate([np.asarray(v) for v in vals], axis=params["dimension"])]
+    if name == "stack":
+        return [np.stack([np.asarray(v) for v in vals], axis=params["axis"])]
     if name == "pad":
         return [_np_pad(np.asarray(vals[0]), np.asarray(vals[1]), params["padding_config"])]
     if name == "select_n":
@@ -221,7 +224,7 @@ def _movement(eqn, ins, known, n):
             idxs = _bind_indices(eqn, [_iota(_shape(eqn.invars[0]))])
             flat = _as_flat(d, _shape(eqn.invars[0]), n)
             return [_gather_rows(flat, i, n, _shape(v)) for i, v in zip(idxs, eqn.outvars)]
-        if name == "concatenate":
+        if name in ("concatenate", "stack"):
             offs = np.cumsum([0] + [_size(_shape(a)) for a in eqn.invars])
             idx = _bind_indices(eqn, [_iota(_shape(a), o) for a, o in zip(eqn.invars, offs)])[0]
             flat = np.concatenate([_as_flat(d, _shape(a), n) for a, d in zip(eqn.invars, ins)])
@@ -407,7 +410,7 @@ def _rule(eqn, ins, known, n):
     name = eqn.primitive.name
     if name in ELEMENTWISE:
         return _elementwise(eqn, ins, n)
-    if name in MOVEMENT or name in ("concatenate", "pad", "dynamic_slice", "gather",
+    if name in MOVEMENT or name in ("concatenate", "stack", "pad", "dynamic_slice", "gather",
                                     "dynamic_update_slice", "split"):
         return _movement(eqn, ins, known, n)
     if name in REDUCTIONS:
@@ -523,7 +526,7 @@ def jacobian_sparsity(ir: StepIR) -> Sparsity:
         primal = _stack_outputs(
             analyse_jaxpr(ir.jaxpr, seeds + free, [None] * (len(seeds) + len(free)), n), ir)
         tangent = None
-        if all(leaf.dtype.kind in "fc" for leaf in ir.state):
+        if all(is_inexact(leaf.dtype) for leaf in ir.state):
             try:
                 tj = _tangent_jaxpr(ir)
             except Exception:  # noqa: BLE001 - e.g. a custom_vjp function has no JVP

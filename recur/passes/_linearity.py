@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import _jax_adapter as jx
 from ._dependency import CALL_PARAMS, CUMULATIVE, MOVEMENT
+from .._dtypes import is_complex, is_inexact
 from ._trace import StepIR
 
 FREE, LINEAR, AFFINE, NONLINEAR = 0, 1, 2, 3
@@ -48,7 +49,7 @@ class Level:
 
 _FREE = Level(FREE)
 
-_KEEP = MOVEMENT | {"copy", "copy_p", "concatenate", "split"}
+_KEEP = MOVEMENT | {"copy", "copy_p", "concatenate", "stack", "split"}
 _SUMS = frozenset({"reduce_sum", "cumsum"})
 
 
@@ -126,9 +127,9 @@ def _rule(eqn, ins: list[Level]) -> list[Level]:
     if name == "convert_element_type":
         src_dt = np.dtype(eqn.invars[0].aval.dtype)
         dst_dt = np.dtype(eqn.params["new_dtype"])
-        if src_dt.kind == "c" and dst_dt.kind != "c":
+        if is_complex(src_dt) and not is_complex(dst_dt):
             return [_nonlinear(eqn, ins, "a complex-to-real conversion")]
-        if dst_dt.kind not in "fc":
+        if not is_inexact(dst_dt):
             return [_nonlinear(eqn, ins, f"a conversion to {dst_dt}")]
         return [ins[0]]
     if name == "integer_pow" and eqn.params["y"] == 1:

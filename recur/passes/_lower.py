@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .._dtypes import is_inexact
 from .._errors import PlanError
 from .._plan import KIND_ORDER, Plan, Stage
 from ..runtime._flat import compute_dtype
@@ -74,7 +75,7 @@ def _jacobian_name(structure: Structure, linearity: Linearity, checked: Verifica
         full = bool(np.all(np.diag(pattern)))
         if linearity.affine and full and all(linearity.unit):
             return "identity"
-        if checked.scalar:
+        if (linearity.affine and checked.scalar) or pattern.shape[0] == 1:
             return "scalar"
     return structure.jacobian
 
@@ -118,7 +119,7 @@ def _estimates(method: str, structure: Structure, T: int, n: int, itemsize: int)
 
 def _choose(requested: str, kind: str, ir: StepIR, linearity: Linearity,
             checked: Verification):
-    inexact = all(leaf.dtype.kind in "fc" for leaf in ir.state)
+    inexact = all(is_inexact(leaf.dtype) for leaf in ir.state)
     scan_ok = linearity.affine and inexact and checked.affine_ok is not False
     if not scan_ok:
         if not linearity.affine:
@@ -126,7 +127,7 @@ def _choose(requested: str, kind: str, ir: StepIR, linearity: Linearity,
                          for leaf, r in zip(ir.state, linearity.reasons) if r]
             scan_no = "; ".join(offenders)
         elif not inexact:
-            bad = [leaf.name for leaf in ir.state if leaf.dtype.kind not in "fc"]
+            bad = [leaf.name for leaf in ir.state if not is_inexact(leaf.dtype)]
             scan_no = f"state {', '.join(bad)} is not float/complex (a scan would round)"
         else:
             scan_no = "the value probe found the step not affine"

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._dtypes import is_numeric
 from .._errors import StepFunctionError
 from .._jax_adapter import ClosedJaxpr
 
@@ -111,7 +112,7 @@ def _leaf_spec(value: Any, what: str, name: str) -> tuple[tuple[int, ...], np.dt
                 f"{what} leaf {name} is not an array ({type(value).__name__}): {exc}") from None
         shape, dtype = arr.shape, arr.dtype
     dtype = np.dtype(dtype)
-    if dtype.kind not in "biufc":
+    if not is_numeric(dtype):
         raise StepFunctionError(
             f"{what} leaf {name} has dtype {dtype} ({type(value).__name__}); "
             "recur needs numeric arrays (bool, int, float or complex).")

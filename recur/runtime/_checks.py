@@ -22,12 +22,12 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from .._dtypes import is_inexact
 
 
 def default_tolerance(dtypes) -> float:
-    eps = max(float(jnp.finfo(dt).eps) for dt in dtypes if np.dtype(dt).kind in "fc") \
-        if any(np.dtype(dt).kind in "fc" for dt in dtypes) else float(jnp.finfo(jnp.float32).eps)
+    inexact = [dt for dt in dtypes if is_inexact(dt)] or [jnp.float32]
+    eps = max(float(jnp.finfo(dt).eps) for dt in inexact)
     return eps ** (2.0 / 3.0)
 
 

@@ -13,14 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._dtypes import is_complex, is_inexact
 from .._jax_adapter import ClosedJaxpr, eval_jaxpr
 from ..passes._trace import StepIR
 
 
 def compute_dtype(dtypes: Sequence[np.dtype]) -> np.dtype:
     dt = np.dtype(jnp.result_type(*dtypes)) if dtypes else np.dtype(jnp.float32)
-    if dt.kind in "fc" and dt.itemsize < (8 if dt.kind == "c" else 4):
-        dt = np.dtype(jnp.promote_types(dt, jnp.float32))
+    if is_inexact(dt) and not is_complex(dt) and dt.itemsize < 4:
+        dt = np.dtype(jnp.float32)
     return dt
 
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _jax_adapter as jx
+from .._dtypes import is_inexact
 from .._errors import ConvergenceError
 from .._info import Info
 from .._plan import Plan
@@ -52,7 +53,7 @@ def _run(plan: Plan, in_trace: bool, h_leaves, x_leaves, p_leaves, consts):
     T = ir.length
     leaf_step = jaxpr_step(ir, consts)
     flat = FlatStep(ir, leaf_step)
-    real_dtype = np.dtype(jnp.finfo(flat.dtype).dtype) if flat.dtype.kind in "fc" \
+    real_dtype = np.dtype(jnp.finfo(flat.dtype).dtype) if is_inexact(flat.dtype) \
         else np.dtype(np.float32)
     x_per_step = x_leaves if x_leaves else None
 

@@ -1,0 +1,407 @@
+r"""Exact parallel-in-time evaluation of affine recurrences.
+
+The recurrence
+--------------
+For ``t = 0, ..., T-1``
+
+.. math::  h_t = A_t h_{t-1} + b_t, \qquad h_{-1} = h_0,
+
+and all ``h_t`` are returned (leading axis ``T``).  Two structures of ``A_t`` are
+supported:
+
+* :func:`diagonal_scan` -- ``A_t = diag(a_t)`` (``a`` of shape ``(T, n)``), or a scalar
+  multiple of the identity (``a`` of shape ``(T, 1)``, broadcast);
+* :func:`block_scan` -- ``A_t`` block-diagonal with ``m`` independent ``k x k`` blocks
+  (``a`` of shape ``(T, m, k, k)``); a dense matrix is ``m = 1, k = n``.
+
+``reverse=True`` runs the same recurrence backwards in time,
+``h_t = A_t h_{t+1} + b_t`` with ``h_T = h_0``.
+
+The associative operator
+------------------------
+One step is the affine map ``x -> A x + b``, written ``(A, b)``.  Composition of
+affine maps, "first ``(A1, b1)`` then ``(A2, b2)``",
+
+.. math::  (A_2, b_2) \circ (A_1, b_1) = (A_2 A_1,\; A_2 b_1 + b_2),
+
+is associative with identity ``(I, 0)``, so ``h_t = ((A_t, b_t) \circ \dots \circ
+(A_0, b_0))(h_0)`` is a prefix "sum" of this operator and can be evaluated by any
+parallel prefix algorithm (Blelloch 1990).  For the diagonal structure the products
+``A_2 A_1`` are elementwise (``O(n)``); for blocks they are ``k x k`` matrix products
+(``O(m k^3)``, a factor ``k`` more than one sequential step ``O(m k^2)``).
+
+The chunked algorithm
+---------------------
+``jax.lax.associative_scan`` is a recursive odd/even scheme unrolled at trace time
+(about ``2 log2 T`` levels of strided slices and concatenations): ``O(T)`` work but
+many full-size temporaries and long compiles.  Here the time axis is cut into
+``C = ceil(T / L)`` chunks of ``L`` consecutive steps (``L = chunk``; the last chunk
+is padded with identity steps ``(I, 0)``, which leave the state unchanged), and
+
+1. **reduce** -- one ``lax.scan`` over the ``L`` positions of a chunk, vectorised over
+   all ``C`` chunks at once, composes each chunk's steps into its summary
+   ``(P_c, S_c) = (A_{end} \cdots A_{start}, \text{its affine part})``;
+2. **combine** -- the state entering chunk ``c`` is the recurrence over chunk summaries,
+   ``H_c = P_c H_{c-1} + S_c``: a recurrence of length ``C`` of the same kind, solved by
+   calling this kernel recursively (with its own default chunk size, so that a long
+   sequence becomes a tree of depth ``log_L T``; short ones are a plain loop);
+3. **rescan** -- a second ``lax.scan`` over the ``L`` positions, again vectorised over
+   the chunks, reruns each chunk from its carried-in state ``H_{c-1}`` and writes
+   ``h_t`` in place.
+
+Chunks are read in their natural ``(C, L, ...)`` layout (position ``l`` of every chunk
+is one strided slice), so no transposed copy of the inputs or the output is made.
+
+Work and depth: the reduce pass costs one operator application per step
+(``T`` products ``A_t P``; ``O(T n)`` diagonal, ``O(T m k^3)`` blocks), the rescan pass one
+ordinary step per step (``O(T n)`` / ``O(T m k^2)``), the combine ``O(C)`` operator
+applications: total work about twice the sequential loop (diagonal), depth
+``O(L + C)`` for one level and ``O(L log_L T)`` with the recursion.  ``chunk=T`` is the
+plain sequential ``lax.scan`` (work ``T`` steps, depth ``T``); ``chunk=1`` makes every
+step its own chunk (the combine then is the whole recurrence).
+
+Default chunk size (measured, see ``benchmarks/affine.py``)
+-----------------------------------------------------------
+* CPU: ``chunk = T``, the sequential loop (it compiles to the same program as a
+  hand-written ``lax.scan``).  Measured on the 2-core CPU of this project (jax 0.10.2,
+  T=2^17, n=64, float32, under a load average of ~2.5): ``lax.scan`` 46 ms, default
+  45 ms, chunk=1024 49 ms, chunk=64 58 ms, ``jax.lax.associative_scan`` 188 ms; dense
+  ``k = 32``, T=2^14: default 10.5 ms, ``lax.scan`` 12.8 ms, any chunking >= 78 ms (the
+  summaries need ``k x k`` products), ``associative_scan`` 336 ms.  On a few cores the
+  time goes into writing the ``T x n`` result and the loop overhead, which chunking does
+  not remove, while it doubles the arithmetic.
+* GPU/TPU: ``chunk = 64`` (recursively), i.e. ``T / 64`` chunks in flight and a tree of
+  depth ``log_64 T``; the sequential loop would leave the device idle.  Chosen on the
+  usual latency/parallelism argument and NOT yet measured on an accelerator:
+  re-tune ``_ACCEL_CHUNK`` / ``_MAX_UNROLL`` with ``benchmarks/affine.py`` there.
+
+Numerics
+--------
+Everything is accumulated in at least float32 (complex64): bfloat16 / float16 inputs
+are upcast, the result is cast back to ``result_type(a, b, h0)``.  The results equal
+the sequential loop up to rounding (the summaries reassociate the products).  Products
+of gates over one chunk can overflow to ``inf`` where the sequential loop would not,
+if the carried state is exactly zero (``inf * 0``); with contractive or moderately
+expansive gates and the default CPU policy this cannot happen.
+
+Differentiation
+---------------
+The kernels are wrapped in :func:`jax.lax.custom_linear_solve`: the trajectory is the
+solution of the lower-bidiagonal (upper for ``reverse``) linear system
+``h_t - A_t h_{t-1} = b_t`` with ``h_{-1} = h_0`` appended as an unknown.  ``jvp``
+reuses the forward kernel on the tangents; the transpose (``vjp``/``grad``) is the
+adjoint recurrence -- the same kernel run in the other direction with the shifted,
+transposed ``A`` -- so derivatives cost one more scan each and never differentiate
+through the kernel's internals.  Everything is ``jit``/``vmap``-able; there is no
+``while_loop``, so the functions are transposable (linear in ``(b, h0)``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .._errors import PlanError, StepFunctionError
+
+__all__ = ["diagonal_scan", "block_scan", "default_chunk"]
+
+# Chunk length used on accelerators (GPU/TPU) when ``chunk=None``.
+_ACCEL_CHUNK = 64
+# Largest loop unrolling of the vectorised per-chunk passes.
+_MAX_UNROLL = 8
+_HIGHEST = lax.Precision.HIGHEST
+
+
+# ----------------------------------------------------------------------------- policy
+
+def default_chunk(T: int, *, backend: str | None = None) -> int:
+    """The chunk length used when ``chunk=None``, for a recurrence of length ``T``.
+
+    On CPU this is ``T`` (one sequential ``lax.scan``: on a few cores it is the fastest,
+    see the module docstring); on GPU/TPU ``64``, so that ``T / 64`` chunks run in
+    parallel and the chunk summaries are combined by the same scheme recursively.
+    """
+    T = int(T)
+    if T <= 1:
+        return max(T, 1)
+    if backend is None:
+        backend = jax.default_backend()
+    if backend == "cpu":
+        return T
+    return min(T, _ACCEL_CHUNK)
+
+
+def _unroll(L: int) -> int:
+    # Unrolling the per-chunk loops saves loop overhead on accelerators; on CPU it did not
+    # pay (measured) and it multiplies compile time.
+    return 1 if jax.default_backend() == "cpu" else max(1, min(L, _MAX_UNROLL))
+
+
+def _resolve_chunk(T: int, chunk) -> int:
+    if chunk is None:
+        return default_chunk(T)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) and not hasattr(chunk, "__index__"):
+        raise PlanError(f"chunk must be a positive int or None, got {chunk!r}")
+    chunk = int(chunk)
+    if chunk < 1:
+        raise PlanError(f"chunk must be a positive int or None, got {chunk}")
+    return min(chunk, max(T, 1))
+
+
+# ----------------------------------------------------------------------------- dtypes
+
+def _dtypes(*xs):
+    """(result dtype, compute dtype): at least float32 / complex64 for the compute."""
+    with jax.numpy_dtype_promotion("standard"):
+        out = jnp.result_type(*xs)
+    if jnp.issubdtype(out, jnp.complexfloating):
+        comp = jnp.dtype(jnp.complex128) if out.itemsize >= 16 else jnp.dtype(jnp.complex64)
+    elif jnp.issubdtype(out, jnp.floating) and out.itemsize >= 8:
+        comp = jnp.dtype(jnp.float64)
+    else:  # float32, bfloat16, float16, ints, bools
+        comp = jnp.dtype(jnp.float32)
+    # Without x64, float64/complex128 silently become 32-bit; keep JAX's canonical dtype.
+    comp = jnp.dtype(jax.dtypes.canonicalize_dtype(comp))
+    return out, comp
+
+
+# ----------------------------------------------------------------------------- structures
+# A "structure" is the pair of operations the kernel needs:
+#   apply(A, h)   -> A h        (one step on a state)
+#   compose(A, P) -> A P        (product of two transition factors)
+#   eye(shape_of_A, dtype)      (identity factor, used for padding and initial products)
+#   transpose(A)                (for the adjoint recurrence)
+
+class _Diag:
+    @staticmethod
+    def apply(A, h):
+        return A * h
+
+    compose = apply
+
+    @staticmethod
+    def eye(shape, dtype):
+        return jnp.ones(shape, dtype)
+
+    @staticmethod
+    def transpose(A):
+        return A
+
+
+class _Block:
+    @staticmethod
+    def apply(A, h):
+        # Broadcast-multiply-sum: exact float32 on every backend (no TF32/bf16 passes) and,
+        # measured on CPU, as fast or faster than a (batched) dot for k <= 32.
+        return jnp.sum(A * h[..., None, :], axis=-1)
+
+    @staticmethod
+    def compose(A, P):
+        return jnp.einsum("...ij,...jk->...ik", A, P, precision=_HIGHEST)
+
+    @staticmethod
+    def eye(shape, dtype):
+        return jnp.broadcast_to(jnp.eye(shape[-1], dtype=dtype), shape)
+
+    @staticmethod
+    def transpose(A):
+        return jnp.swapaxes(A, -1, -2)
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def _sequential(S, a, b, h0, reverse):
+    """Plain ``lax.scan`` over time (``chunk = T``)."""
+
+    def step(h, ab):
+        at, bt = ab
+        h = S.apply(at, h) + bt
+        return h, h
+
+    _, hs = lax.scan(step, h0, (a, b), reverse=reverse)
+    return hs
+
+
+def _kernel(S, a, b, h0, reverse, chunk):
+    """All states of the recurrence, inputs already in the compute dtype."""
+    T = b.shape[0]
+    if T == 0:
+        return jnp.zeros(b.shape, b.dtype)
+    L = _resolve_chunk(T, chunk)
+    if L >= T or T == 1:
+        return _sequential(S, a, b, h0, reverse)
+
+    C = -(-T // L)
+    pad = C * L - T
+    if pad:  # identity steps at the end: they do not change the state in either direction
+        a = jnp.concatenate([a, S.eye((pad,) + a.shape[1:], a.dtype)])
+        b = jnp.concatenate([b, jnp.zeros((pad,) + b.shape[1:], b.dtype)])
+    a3 = a.reshape((C, L) + a.shape[1:])
+    b3 = b.reshape((C, L) + b.shape[1:])
+    unroll = _unroll(L)
+    positions = jnp.arange(L)
+
+    def at_pos(x, l):  # position l of every chunk: (C, ...)
+        return lax.dynamic_index_in_dim(x, l, axis=1, keepdims=False)
+
+    # 1. reduce: per-chunk summaries (P_c, S_c), first position taken as the start
+    first = L - 1 if reverse else 0
+    P0, S0 = a3[:, first], b3[:, first]
+    rest = positions[:-1] if reverse else positions[1:]
+
+    def reduce_step(carry, l):
+        P, Sm = carry
+        at, bt = at_pos(a3, l), at_pos(b3, l)
+        return (S.compose(at, P), S.apply(at, Sm) + bt), None
+
+    (P, Sm), _ = lax.scan(reduce_step, (P0, S0), rest, reverse=reverse, unroll=unroll)
+
+    # 2. combine: state after each chunk, then the state entering each chunk
+    H = _kernel(S, P, Sm, h0, reverse, None)
+    if reverse:
+        H_in = jnp.concatenate([H[1:], h0[None]])
+    else:
+        H_in = jnp.concatenate([h0[None], H[:-1]])
+
+    # 3. rescan every chunk from its carried-in state, writing the output in place
+    def rescan_step(carry, l):
+        h, out = carry
+        h = S.apply(at_pos(a3, l), h) + at_pos(b3, l)
+        out = lax.dynamic_update_index_in_dim(out, h, l, axis=1)
+        return (h, out), None
+
+    out0 = jnp.zeros((C, L) + b.shape[1:], b.dtype)
+    (_, out), _ = lax.scan(rescan_step, (H_in, out0), positions, reverse=reverse, unroll=unroll)
+    out = out.reshape((C * L,) + b.shape[1:])
+    return out[:T] if pad else out
+
+
+# ----------------------------------------------------------------------------- linear-solve wrapper
+
+def _shift(x, first, reverse):
+    """``x_{t-1}`` for each ``t`` (``x_{t+1}`` if reverse), with ``first`` at the boundary."""
+    if reverse:
+        return jnp.concatenate([x[1:], first[None]])
+    return jnp.concatenate([first[None], x[:-1]])
+
+
+def _solve_affine(S, a, b, h0, reverse, chunk):
+    """``_kernel`` wrapped in ``custom_linear_solve`` (exact jvp and transpose).
+
+    Unknowns ``(h, z)`` with ``z = h_{-1}``; the system is
+    ``h_t - A_t shift(h, z)_t = b_t``, ``z = h0`` -- linear in the right-hand side ``(b, h0)``.
+    """
+    T = b.shape[0]
+
+    def matvec(x):
+        h, z = x
+        return (h - S.apply(a, _shift(h, z, reverse)), z)
+
+    def solve(_, rhs):
+        bb, z = rhs
+        return (_kernel(S, a, bb, z, reverse, chunk), z)
+
+    def transpose_solve(_, rhs):
+        # M^T (x, y) = (g, w):  x_t - A_{t+1}^T x_{t+1} = g_t  (reverse: A_{t-1}^T x_{t-1}),
+        #                       y - A_0^T x_0 = w              (reverse: A_{T-1}^T x_{T-1}).
+        g, w = rhs
+        at = S.transpose(a)
+        if reverse:  # adjoint runs forwards, coefficient A_{t-1}^T at t (t=0 multiplies 0)
+            a_adj = jnp.concatenate([at[:1], at[:-1]])
+        else:        # adjoint runs backwards, coefficient A_{t+1}^T at t (t=T-1 multiplies 0)
+            a_adj = jnp.concatenate([at[1:], at[-1:]])
+        x = _kernel(S, a_adj, g, jnp.zeros_like(w), not reverse, chunk)
+        edge = T - 1 if reverse else 0
+        y = w + S.apply(at[edge], x[edge])
+        return (x, y)
+
+    hs, _ = lax.custom_linear_solve(matvec, (b, h0), solve, transpose_solve)
+    return hs
+
+
+_STRUCTURES = {"diag": _Diag, "block": _Block}
+
+
+@functools.partial(jax.jit, static_argnames=("structure", "reverse", "chunk", "out_dtype", "comp"))
+def _run(a, b, h0, *, structure, reverse, chunk, out_dtype, comp):
+    # jitted so that eager calls are cached; under an outer jit this is just inlined.
+    squeeze = structure == "block" and b.shape[1] == 1
+    if squeeze:
+        # One dense block: drop the size-1 block axis.  Callers typically add it with
+        # ``a[:, None]``; XLA:CPU then copies the whole array into another layout unless the
+        # reshape is undone here (measured: 70 ms instead of 13 ms for T=2^14, k=32).
+        a, b, h0 = a[:, 0], b[:, 0], h0[0]
+    hs = _solve_affine(_STRUCTURES[structure], a.astype(comp), b.astype(comp), h0.astype(comp),
+                       reverse, chunk)
+    hs = hs.astype(out_dtype)
+    return hs[:, None] if squeeze else hs
+
+
+# ----------------------------------------------------------------------------- public API
+
+def diagonal_scan(a, b, h0, *, reverse=False, chunk=None):
+    """All states of ``h_t = a_t * h_{t-1} + b_t`` (elementwise), ``h_{-1} = h0``.
+
+    Args:
+      a: ``(T, n)`` gates, or ``(T, 1)`` to broadcast one scalar per step.
+      b: ``(T, n)`` inputs.
+      h0: ``(n,)`` initial state.
+      reverse: run backwards: ``hs[T-1] = a[T-1] * h0 + b[T-1]``,
+        ``hs[t] = a[t] * hs[t+1] + b[t]``.
+      chunk: chunk length of the parallel scheme (see the module docstring); ``None``
+        picks :func:`default_chunk`; ``chunk >= T`` is the sequential loop.
+
+    Returns:
+      ``hs`` of shape ``(T, n)`` and dtype ``result_type(a, b, h0)``, computed in at
+      least float32.
+    """
+    a, b, h0 = jnp.asarray(a), jnp.asarray(b), jnp.asarray(h0)
+    if b.ndim != 2:
+        raise StepFunctionError(f"diagonal_scan: b must have shape (T, n), got {b.shape}")
+    T, n = b.shape
+    if h0.shape != (n,):
+        raise StepFunctionError(f"diagonal_scan: h0 must have shape ({n},) to match b {b.shape}, "
+                                f"got {h0.shape}")
+    if a.ndim != 2 or a.shape[0] != T or a.shape[1] not in (1, n):
+        raise StepFunctionError(f"diagonal_scan: a must have shape ({T}, {n}) or ({T}, 1) to "
+                                f"match b {b.shape}, got {a.shape}")
+    out_dtype, comp = _dtypes(a, b, h0)
+    if T == 0:
+        return jnp.zeros((0, n), out_dtype)
+    chunk = None if chunk is None else _resolve_chunk(T, chunk)  # validate eagerly
+    return _run(a, b, h0, structure="diag", reverse=bool(reverse), chunk=chunk,
+                out_dtype=out_dtype, comp=comp)
+
+
+def block_scan(a, b, h0, *, reverse=False, chunk=None):
+    """All states of ``h_t[j] = a[t, j] @ h_{t-1}[j] + b[t, j]`` for ``m`` blocks ``j``.
+
+    Args:
+      a: ``(T, m, k, k)`` block transition matrices (dense: ``m = 1``, ``k = n``).
+      b: ``(T, m, k)`` inputs.
+      h0: ``(m, k)`` initial state.
+      reverse: run backwards (``hs[t] = a[t] @ hs[t+1] + b[t]``, ``hs[T-1]`` from ``h0``).
+      chunk: chunk length, as for :func:`diagonal_scan`.
+
+    Returns:
+      ``hs`` of shape ``(T, m, k)`` and dtype ``result_type(a, b, h0)``.
+    """
+    a, b, h0 = jnp.asarray(a), jnp.asarray(b), jnp.asarray(h0)
+    if b.ndim != 3:
+        raise StepFunctionError(f"block_scan: b must have shape (T, m, k), got {b.shape}")
+    T, m, k = b.shape
+    if a.shape != (T, m, k, k):
+        raise StepFunctionError(f"block_scan: a must have shape {(T, m, k, k)} to match b "
+                                f"{b.shape}, got {a.shape}")
+    if h0.shape != (m, k):
+        raise StepFunctionError(f"block_scan: h0 must have shape {(m, k)} to match b {b.shape}, "
+                                f"got {h0.shape}")
+    out_dtype, comp = _dtypes(a, b, h0)
+    if T == 0:
+        return jnp.zeros((0, m, k), out_dtype)
+    chunk = None if chunk is None else _resolve_chunk(T, chunk)
+    return _run(a, b, h0, structure="block", reverse=bool(reverse), chunk=chunk,
+                out_dtype=out_dtype, comp=comp)
