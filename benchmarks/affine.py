@@ -78,15 +78,32 @@ def recur_scan(chunk=None):
     return f
 
 
+def recur_api(method: str):
+    """The public API on the step ``h -> a_t * h + b_t`` (or ``A_t @ h + b_t``): tracing,
+    analysis, coefficient extraction, the scan and the residual check, all included."""
+    import recur
+
+    def f(a, b, h0):
+        if _is_diag(a, b):
+            def step(h, x):
+                return x[0] * h + x[1]
+        else:
+            def step(h, x):
+                return x[0] @ h + x[1]
+        return recur.scan(step, h0, (a, b), method=method)
+
+    return f
+
+
 CANDIDATES: dict[str, Callable] = {
     "lax.scan": lax_scan,
     "lax.associative_scan": lax_associative_scan,
-    "recur (default chunk)": recur_scan(None),
-    "recur chunk=16": recur_scan(16),
-    "recur chunk=64": recur_scan(64),
-    "recur chunk=256": recur_scan(256),
-    "recur chunk=1024": recur_scan(1024),
-    "recur chunk=4096": recur_scan(4096),
+    "recur.scan method=scan": recur_api("scan"),
+    "recur.scan method=sequential": recur_api("sequential"),
+    "recur.scan method=auto": recur_api("auto"),
+    "kernel (default chunk)": recur_scan(None),
+    "kernel chunk=64": recur_scan(64),
+    "kernel chunk=1024": recur_scan(1024),
 }
 REFERENCE = "lax.scan"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -81,11 +82,38 @@ class DSLRecurrence(Recurrence):
             params = {k: jax.ShapeDtypeStruct(tuple(s), model.dtype)
                       for k, s in model.params.items()}
         xs, length = self._inputs(xs, length if length is not None or model.inputs else 1)
-        return plan(self.fn, h0, xs, params, length=length, reverse=reverse, method=method,
-                    backend=backend, mesh=mesh, axis_name=axis_name, **options)
+        the_plan = plan(self.fn, h0, xs, params, length=length, reverse=reverse,
+                        method=method, backend=backend, mesh=mesh, axis_name=axis_name,
+                        **options)
+        return _declared_names(the_plan, model)
 
     def __repr__(self) -> str:
         return f"recur.DSLRecurrence({self.model.name!r})"
+
+
+def _declared_names(the_plan, model: RecModel):
+    """DSL states are named by their declared names (``h``), not pytree paths (``['h']``)."""
+    names = {f"[{k!r}]": k for k in model.states}
+
+    def rn(name: str) -> str:
+        return names.get(name, name)
+
+    stages = tuple(dataclasses.replace(
+        st, states=tuple(map(rn, st.states)),
+        reads=tuple((rn(s), tuple(map(rn, r))) for s, r in st.reads),
+        evidence=_rename_text(st.evidence, names), why=_rename_text(st.why, names),
+        rejected=tuple((m, _rename_text(w, names)) for m, w in st.rejected))
+        for st in the_plan.stages)
+    return dataclasses.replace(
+        the_plan, stages=stages,
+        edges=tuple((rn(u), rn(v), w) for u, v, w in the_plan.edges),
+        state_sizes=tuple((rn(n), s) for n, s in the_plan.state_sizes))
+
+
+def _rename_text(text: str, names: dict[str, str]) -> str:
+    for old, new in names.items():
+        text = text.replace(old, new)
+    return text
 
 
 def loads(source: str, name: str | None = None, dtype: Any = None, *,

@@ -180,10 +180,13 @@ def cmd_demo(args) -> int:
 
     h0 = jnp.zeros(D, jnp.float32)
     out = _console()
-    p = make_plan(step, h0, xs)
+    p = make_plan(step, h0, xs, method="scan")
     out.print(_plan_table(p))
     print(p.explain())
-    run_scan = jax.jit(lambda xs: scan(step, h0, xs))
+    auto = make_plan(step, h0, xs)
+    out.print(f"(method='auto' on this {auto.backend} backend picks {auto.method}: "
+              f"{auto.stages[0].why})")
+    run_scan = jax.jit(lambda xs: scan(step, h0, xs, method="scan"))
     run_loop = jax.jit(lambda xs: jax.lax.scan(lambda h, x: (step(h, x),) * 2, h0, xs)[1])
     hs, ref = jax.block_until_ready((run_scan(xs), run_loop(xs)))
     t_scan = min(_time(run_scan, xs) for _ in range(3))

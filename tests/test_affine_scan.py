@@ -49,7 +49,7 @@ def test_scan_equals_loop(c):
     assert bool(info.converged) and not bool(info.fell_back)
     assert info.method == "scan"
     if case.length:
-        p = recur.plan(case.fn, case.h0, case.xs, case.params, length=case.length)
+        p = recur.plan(case.fn, case.h0, case.xs, case.params, length=case.length, backend="gpu")
         assert p.method == "scan"
         assert p.stages[0].jacobian == case.expected_jacobian
 
@@ -127,7 +127,7 @@ def test_vmap_info_per_example():
     case = make_case(4, "diagonal", n=3, T=10)
     xs_b = jnp.stack([case.xs, case.xs])
     _, info = jax.vmap(lambda xs: recur.scan(case.fn, case.h0, xs, case.params,
-                                             return_info=True))(xs_b)
+                                             return_info=True, method="scan"))(xs_b)
     assert info.converged.shape == (2,) and info.fell_back.shape == (2,)
 
 
@@ -167,7 +167,7 @@ def test_overflow_matches_loop():
     def step(h, x):
         return 1e200 * h + x
     xs = jnp.ones((5, 2))
-    hs = recur.scan(step, jnp.ones(2), xs)
+    hs = recur.scan(step, jnp.ones(2), xs, method="scan")
     ref = loop(step, jnp.ones(2), xs, None, length=5)
     np.testing.assert_array_equal(np.isinf(hs), np.isinf(ref))
     np.testing.assert_allclose(np.where(np.isfinite(ref), hs, 0), np.where(np.isfinite(ref), ref, 0),
@@ -179,7 +179,7 @@ def test_nan_input_comes_out_where_the_loop_puts_it():
 
     def step(h, x):
         return 0.5 * h + x
-    hs = recur.scan(step, jnp.zeros(2), xs)
+    hs = recur.scan(step, jnp.zeros(2), xs, method="scan")
     ref = loop(step, jnp.zeros(2), xs, None, length=6)
     np.testing.assert_array_equal(np.isnan(hs), np.isnan(ref))
     np.testing.assert_allclose(np.nan_to_num(hs), np.nan_to_num(ref), rtol=1e-14)

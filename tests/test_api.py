@@ -37,7 +37,7 @@ def test_decorator_keeps_the_step_and_adds_scan():
     xs = jnp.arange(5.0)
     np.testing.assert_allclose(step.scan(jnp.asarray(1.0), xs, jnp.asarray(0.5)),
                                loop(step.fn, jnp.asarray(1.0), xs, jnp.asarray(0.5)))
-    assert step.plan(jnp.asarray(1.0), xs, jnp.asarray(0.5)).method == "scan"
+    assert step.plan(jnp.asarray(1.0), xs, jnp.asarray(0.5), backend="gpu").method == "scan"
 
     @recur.recurrence(method="sequential")
     def step2(h, x):
@@ -60,7 +60,7 @@ def test_pytrees_namedtuple_state_dict_inputs_tuple_params():
     h0 = State(jnp.ones(3), jnp.zeros((2, 2)))
     xs = {"u": jnp.asarray(np.random.default_rng(0).standard_normal((7, 3)))}
     params = (jnp.asarray(0.3), jnp.asarray(0.8))
-    hs, info = recur.scan(step, h0, xs, params, return_info=True)
+    hs, info = recur.scan(step, h0, xs, params, return_info=True, method="scan")
     ref = loop(step, h0, xs, params)
     assert isinstance(hs, State)
     for a, b in zip(hs, ref):
@@ -84,7 +84,7 @@ def test_reverse_and_length_and_zero_length():
 
 def test_info_is_a_pytree_returnable_from_jit():
     f = jax.jit(lambda xs: recur.scan(lambda h, x: 0.5 * h + x, jnp.zeros(2), xs,
-                                      return_info=True))
+                                      return_info=True, method="scan"))
     hs, info = f(jnp.ones((4, 2)))
     assert isinstance(info, recur.Info) and info.method == "scan"
     assert bool(info.converged) and not bool(info.fell_back)
@@ -173,7 +173,7 @@ def test_integer_state_runs_sequentially():
 
 
 def test_explain_to_dict_graph():
-    plan = recur.plan(lambda h, x: 0.5 * h + x, jnp.zeros(3), jnp.ones((8, 3)))
+    plan = recur.plan(lambda h, x: 0.5 * h + x, jnp.zeros(3), jnp.ones((8, 3)), backend="gpu")
     text = plan.explain()
     for word in ["affine", "Jacobian does not depend on h", "scan", "reads", "jacobian"]:
         assert word in text
@@ -204,15 +204,16 @@ def test_residual_check_and_fallback_and_raise(monkeypatch):
     def step(h, x):
         return 0.5 * h + x
     xs = jnp.ones((5, 2))
-    hs, info = recur.scan(step, jnp.zeros(2), xs, return_info=True)
+    hs, info = recur.scan(step, jnp.zeros(2), xs, return_info=True, method="scan")
     np.testing.assert_allclose(hs, loop(step, jnp.zeros(2), xs))
     assert bool(info.fell_back) and not bool(info.converged)
     with pytest.raises(recur.ConvergenceError):
-        recur.scan(step, jnp.zeros(2), xs, on_failure="raise")
-    hs = recur.scan(step, jnp.zeros(2), xs, on_failure="ignore")
+        recur.scan(step, jnp.zeros(2), xs, on_failure="raise", method="scan")
+    hs = recur.scan(step, jnp.zeros(2), xs, on_failure="ignore", method="scan")
     assert not np.allclose(hs, loop(step, jnp.zeros(2), xs))
     # under vmap, only failed examples take the loop's answer
-    batched = jax.vmap(lambda x: recur.scan(step, jnp.zeros(2), x))(jnp.stack([xs, 2 * xs]))
+    batched = jax.vmap(lambda x: recur.scan(step, jnp.zeros(2), x, method="scan"))(
+        jnp.stack([xs, 2 * xs]))
     np.testing.assert_allclose(batched[1], loop(step, jnp.zeros(2), 2 * xs))
     _program._programs.clear()
 
@@ -223,7 +224,7 @@ def test_raise_under_jit_fails_at_run_time(monkeypatch):
     monkeypatch.setattr(_program, "solve_affine", lambda *a, **k: real(*a, **k) * 2.0)
     _program._programs.clear()
     f = jax.jit(lambda xs: recur.scan(lambda h, x: 0.5 * h + x, jnp.zeros(2), xs,
-                                      on_failure="raise"))
+                                      on_failure="raise", method="scan"))
     with pytest.raises(Exception, match="ConvergenceError"):
         jax.block_until_ready(f(jnp.ones((5, 2))))
     _program._programs.clear()

@@ -83,7 +83,7 @@ CATALOG = {
 def test_catalog(name):
     fn, n, kind, jac = CATALOG[name]
     xs = jax.ShapeDtypeStruct((16, n), jnp.float64)
-    plan = recur.plan(fn, jax.ShapeDtypeStruct((n,), jnp.float64), xs)
+    plan = recur.plan(fn, jax.ShapeDtypeStruct((n,), jnp.float64), xs, backend="gpu")
     (stage,) = plan.stages
     assert (stage.kind, stage.jacobian) == (kind, jac), plan.explain()
     assert plan.kind == kind
@@ -120,6 +120,7 @@ def test_pytree_reads_and_graph():
     g = plan.graph()
     assert g.has_edge("['P']", "['m']") and not g.has_edge("['m']", "['P']")
     assert plan.to_dict()["stages"][0]["kind"] == "affine"
+    assert recur.plan(step, h0, jnp.ones((5, 3)), backend="cpu").method == "sequential"
 
 
 def _random_step(draw_ops, n):

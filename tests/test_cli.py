@@ -30,7 +30,7 @@ def test_check_exit_codes(tmp_path):
 
 
 def test_explain_json_and_run_check_round_trip(tmp_path):
-    r = run("explain", str(EXAMPLES / "ema.rec"), "--json", "--length", "16")
+    r = run("explain", str(EXAMPLES / "ema.rec"), "--json", "--length", "16", "--backend", "gpu")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["method"] == "scan"
     xs = tmp_path / "x.npz"

@@ -177,7 +177,13 @@ def _rule(eqn, ins: list[Level]) -> list[Level]:
         if sub is not None and jx.is_jaxpr(sub):
             closed = jx.as_closed(sub)
             if len(closed.jaxpr.invars) == len(ins):
-                return analyse_levels(closed, ins)
+                outs = analyse_levels(closed, ins)
+                fname = eqn.params.get("name")
+                if not fname:
+                    return outs
+                return [Level(NONLINEAR, reason=f"`{fname}`{_where(eqn)}, inside it {lv.reason}")
+                        if lv.level == NONLINEAR and lv.reason and
+                        lv.reason not in {i.reason for i in ins} else lv for lv in outs]
     if name in CUMULATIVE or name.startswith("reduce_") or name in ("argmax", "argmin"):
         return [_nonlinear(eqn, ins, f"{name} of a state-dependent value")] * n_out
     if name in _COMPARISONS:

@@ -7,10 +7,11 @@ Methods available in this version:
   blocks of ``k``), ``O(T n^3)`` (dense), depth ``O(log T)`` on parallel hardware;
 * ``sequential`` — the ``lax.scan`` loop: work ``T`` steps, depth ``T``.
 
-``auto`` picks ``scan`` for affine recurrences (the chunked kernel runs as a long
-sequential loop on CPU, so it does not lose to ``sequential`` there, and is parallel on
-GPU/TPU), and ``sequential`` for everything else (the nonlinear solvers of the DEER family
-are not part of this version).
+``auto`` picks ``scan`` for affine recurrences on GPU/TPU, where it is parallel over time,
+and ``sequential`` on CPU, where the loop is the fastest exact method (the chunked kernel
+runs as a sequential loop there too, plus coefficient extraction and the residual check:
+see ``benchmarks/affine.py``); nonlinear recurrences run ``sequential`` (the DEER-family
+solvers are not part of this version).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def _estimates(method: str, structure: Structure, T: int, n: int, itemsize: int)
 
 
 def _choose(requested: str, kind: str, ir: StepIR, linearity: Linearity,
-            checked: Verification):
+            checked: Verification, backend: str):
     inexact = all(is_inexact(leaf.dtype) for leaf in ir.state)
     scan_ok = linearity.affine and inexact and checked.affine_ok is not False
     if not scan_ok:
@@ -141,9 +142,15 @@ def _choose(requested: str, kind: str, ir: StepIR, linearity: Linearity,
         rejected = (("scan", "not requested") if scan_ok else ("scan", scan_no),)
         return "sequential", "requested", rejected
     # auto
+    if scan_ok and backend == "cpu":
+        return "sequential", ("affine, but on CPU the sequential loop is the fastest exact "
+                              "method: the scan kernel runs as a sequential loop there too, and "
+                              "adds coefficient extraction and the residual check (measured "
+                              "in benchmarks/affine.py)"), \
+            (("scan", "exact and parallel over time, but slower than the loop on CPU"),)
     if scan_ok:
-        return "scan", ("affine: an exact associative scan, one pass; the chunked kernel "
-                        "is a long sequential loop on CPU and parallel on GPU/TPU"), \
+        return "scan", ("affine: an exact associative scan, one pass, parallel over time "
+                        f"on {backend}"), \
             (("sequential", "same result, but no parallelism over time"),)
     why = "the step is not affine: the DEER-family solvers are not part of this version, " \
           "and the sequential loop is exact" if not linearity.affine else scan_no
@@ -194,7 +201,7 @@ def make_plan(ir: StepIR, *, method: str = "auto", backend: str | None = None,
                      "pass, please report it")
     kind = _kind(structure, linearity)
     jac = _jacobian_name(structure, linearity, checked, sparsity.pattern)
-    chosen, why, rejected = _choose(method, kind, ir, linearity, checked)
+    chosen, why, rejected = _choose(method, kind, ir, linearity, checked, backend)
     dtype = compute_dtype([leaf.dtype for leaf in ir.state])
     reads, edges = _leaf_reads(ir, sparsity.pattern)
     stage = Stage(

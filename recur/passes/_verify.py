@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _jax_adapter as jx
-from ..runtime._flat import compute_dtype
+from ..runtime._flat import FlatStep, jaxpr_step
 from ..runtime._jacobian import blocks_from_jvp, diagonal_from_jvp, permute_in, permute_out
 from .._dtypes import is_inexact
 from ._structure import Structure
@@ -61,29 +61,22 @@ class _Probe:
 
     def __init__(self, ir: StepIR, rng: np.random.Generator):
         self.ir = ir
-        self.dtype = compute_dtype([leaf.dtype for leaf in ir.state])
         consts = [c if jx.is_concrete(c) else _random(rng, c.shape, c.dtype)
                   for c in ir.jaxpr.consts]
-        self.closed = jx.ClosedJaxpr(ir.jaxpr.jaxpr, consts)
+        self.flat = FlatStep(ir, jaxpr_step(ir, consts))
+        self.dtype = self.flat.dtype
         self.rng = rng
         self.new_inputs()
 
     def new_inputs(self):
-        self.xp = [jnp.asarray(_random(self.rng, s.shape, s.dtype)).astype(s.dtype)
-                   for s in self.ir.inputs + self.ir.params]
+        self.x, self.p = [[jnp.asarray(_random(self.rng, s.shape, s.dtype)).astype(s.dtype)
+                           for s in group] for group in (self.ir.inputs, self.ir.params)]
 
     def point(self):
         return jnp.asarray(_random(self.rng, (self.ir.n_state,), self.dtype))
 
     def __call__(self, z):
-        leaves = []
-        for leaf, off in zip(self.ir.state, self.ir.offsets):
-            part = z[off:off + leaf.size].reshape(leaf.shape)
-            if leaf.dtype.kind != "c" and np.dtype(self.dtype).kind == "c":
-                part = jnp.real(part)
-            leaves.append(part.astype(leaf.dtype))
-        out = jx.eval_jaxpr(self.closed, *leaves, *self.xp)
-        return jnp.concatenate([jnp.ravel(o).astype(self.dtype) for o in out])
+        return self.flat(z, self.x, self.p)
 
 
 def _close(a, b, scale, tol) -> bool | None:
