@@ -107,7 +107,8 @@ def _declared_names(the_plan, model: RecModel):
     return dataclasses.replace(
         the_plan, stages=stages,
         edges=tuple((rn(u), rn(v), w) for u, v, w in the_plan.edges),
-        state_sizes=tuple((rn(n), s) for n, s in the_plan.state_sizes))
+        state_sizes=tuple((rn(n), s) for n, s in the_plan.state_sizes),
+        state_kinds=tuple((rn(n), k) for n, k in the_plan.state_kinds))
 
 
 def _rename_text(text: str, names: dict[str, str]) -> str:

@@ -62,6 +62,7 @@ class Plan:
     passes: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
     edges: tuple[tuple[str, str, int], ...] = dataclasses.field(default=(), repr=False)
     state_sizes: tuple[tuple[str, int], ...] = dataclasses.field(default=(), repr=False)
+    state_kinds: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
     options: tuple[tuple[str, Any], ...] = dataclasses.field(default=(), repr=False)
     _ir: Any = dataclasses.field(default=None, repr=False, compare=False)
     _structure: Any = dataclasses.field(default=None, repr=False, compare=False)
@@ -77,6 +78,7 @@ class Plan:
             "dtype": self.dtype,
             "stages": [s.to_dict() for s in self.stages],
             "notes": list(self.notes),
+            "state_kinds": dict(self.state_kinds),
             "graph": {"nodes": {n: s for n, s in self.state_sizes},
                       "edges": [[u, v, w] for u, v, w in self.edges]},
         }

@@ -5,6 +5,7 @@
     recur compile FILE.rec [-o OUT.py]       standalone JAX module
     recur run FILE.rec --inputs X.npz [--params P.npz] [--init H0.npz] [--length T]
                        [--method M] [--check] [--out OUT.npz]
+    recur bench FILE.rec [--length T] [--methods a,b] [--plot out.png] [--json out.json]
     recur demo                               an affine recurrence in parallel, checked
 
 Errors go to stderr with exit status 1 and no traceback.
@@ -25,7 +26,8 @@ from ._errors import RecurError
 
 def _console(stderr: bool = False):
     from rich.console import Console
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 140)
 
 
 def _dims(items: Sequence[str] | None) -> dict[str, int]:
@@ -160,6 +162,117 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _bench_params(rec, rng):
+    import jax.numpy as jnp
+    out = {}
+    for name, shape in rec.model.params.items():
+        default = rec.model.param_defaults.get(name)
+        if default is not None:
+            out[name] = jnp.asarray(default, rec.model.dtype)
+        else:
+            fan_in = shape[-1] if shape else 1
+            out[name] = jnp.asarray(rng.standard_normal(shape) / max(fan_in, 1) ** 0.5,
+                                    rec.model.dtype)
+    return out
+
+
+def cmd_bench(args) -> int:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from .passes._lower import METHODS
+
+    rec = _load(args)
+    rng = np.random.default_rng(args.seed)
+    T = args.length
+    params = _bench_params(rec, rng)
+    h0 = rec.init(params)
+    xs = {k: jnp.asarray(0.5 * rng.standard_normal((T,) + tuple(s)), rec.model.dtype)
+          for k, s in rec.model.inputs.items()} or None
+    methods = args.methods.split(",") if args.methods else [m for m in METHODS if m != "auto"]
+    if "auto" not in methods:
+        methods.append("auto")
+    usable, skipped = [], []
+    for m in methods:
+        try:
+            rec.plan(h0, xs, params, length=None if xs else T, method=m)
+            usable.append(m)
+        except RecurError as exc:
+            skipped.append((m, str(exc)))
+    records = []
+    reference = None
+    with Progress(transient=True) as progress:
+        task = progress.add_task("benchmarking", total=len(usable) * (args.reps + 1))
+        for m in usable:
+            fn = jax.jit(lambda xs, m=m: rec.scan(h0, xs, params, length=None if xs else T,
+                                                  method=m, return_info=True))
+            start = time.perf_counter()
+            hs, info = jax.block_until_ready(fn(xs))
+            compile_s = time.perf_counter() - start
+            progress.advance(task)
+            times = []
+            for _ in range(args.reps):
+                times.append(_time(fn, xs))
+                progress.advance(task)
+            leaves = np.concatenate([np.ravel(np.asarray(v, np.float64))
+                                     for v in jax.tree_util.tree_leaves(hs)])
+            if reference is None:
+                reference = leaves
+            records.append({"method": m, "ran": info.method, "median_s": float(np.median(times)),
+                            "min_s": float(np.min(times)), "max_s": float(np.max(times)),
+                            "compile_s": compile_s, "residual": float(info.residual),
+                            "fell_back": bool(info.fell_back),
+                            "max_abs_diff": float(np.max(np.abs(leaves - reference),
+                                                         initial=0.0))})
+    device = jax.devices()[0]
+    table = Table(title=f"recur bench {rec.model.name}: T={T}, {device.platform} "
+                        f"({device.device_kind})")
+    for col in ("method", "ran", "median ms", "min ms", "max ms", "compile s", "residual",
+                "max |diff|", "vs sequential"):
+        table.add_column(col)
+    seq = next((r["median_s"] for r in records if r["method"] == "sequential"), None)
+    for r in records:
+        table.add_row(r["method"], r["ran"], f"{r['median_s'] * 1e3:.3f}",
+                      f"{r['min_s'] * 1e3:.3f}", f"{r['max_s'] * 1e3:.3f}",
+                      f"{r['compile_s']:.2f}", f"{r['residual']:.2e}",
+                      f"{r['max_abs_diff']:.2e}",
+                      f"{seq / r['median_s']:.2f}x" if seq else "-")
+    out = _console()
+    out.print(table)
+    for m, why in skipped:
+        out.print(f"skipped {m}: {why}")
+    if args.json:
+        _atomic_write_text(args.json, json.dumps({"device": device.device_kind,
+                                                  "platform": device.platform, "T": T,
+                                                  "records": records}, indent=1))
+    if args.plot:
+        _bench_plot(records, args.plot, f"{rec.model.name}, T={T}, {device.platform}")
+        out.print(f"wrote {args.plot}")
+    return 0
+
+
+def _bench_plot(records, path: str, title: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RecurError("--plot needs matplotlib: pip install 'recur[plot]'") from None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = [r["method"] for r in records]
+    ax.bar(names, [r["median_s"] * 1e3 for r in records],
+           yerr=[[(r["median_s"] - r["min_s"]) * 1e3 for r in records],
+                 [(r["max_s"] - r["median_s"]) * 1e3 for r in records]], capsize=4)
+    ax.set_ylabel("median time per call (ms)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def cmd_demo(args) -> int:
     import jax
     import jax.numpy as jnp
@@ -238,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="compare with the sequential loop")
     p.add_argument("--out", help="output npz (default: FILE.out.npz)")
     p.set_defaults(func=cmd_run)
+    p = with_file(sub.add_parser("bench", help="compare methods on a .rec recurrence"))
+    p.add_argument("--length", type=int, default=10_000, help="T (default 10000)")
+    p.add_argument("--methods", help="comma-separated (default: every method that applies)")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the records here")
+    p.add_argument("--plot", help="write a bar chart (PNG) here")
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("demo", help="parallelise an affine recurrence and check it")
     p.add_argument("--length", type=int, default=100_000)
     p.set_defaults(func=cmd_demo)

@@ -81,6 +81,24 @@ def _jacobian_name(structure: Structure, linearity: Linearity, checked: Verifica
     return structure.jacobian
 
 
+def state_kinds(ir: StepIR, pattern: np.ndarray, linearity: Linearity):
+    """Per state leaf: ``affine`` (in all states jointly), ``diagonal`` (nonlinear, each new
+    element reads only its own old element) or ``nonlinear``."""
+    out = []
+    for leaf, off, level in zip(ir.state, ir.offsets, linearity.levels):
+        rows = pattern[off:off + leaf.size]
+        own = np.zeros_like(rows)
+        own[np.arange(leaf.size), off + np.arange(leaf.size)] = True
+        if level != "nonlinear":
+            kind = "affine"
+        elif not np.any(rows & ~own):
+            kind = "diagonal"
+        else:
+            kind = "nonlinear"
+        out.append((leaf.name, kind))
+    return tuple(out)
+
+
 def _kind(structure: Structure, linearity: Linearity) -> str:
     if linearity.affine:
         return "linear" if linearity.linear else "affine"
@@ -229,6 +247,7 @@ def make_plan(ir: StepIR, *, method: str = "auto", backend: str | None = None,
         backend=backend, length=ir.length, reverse=ir.reverse, n_state=ir.n_state,
         dtype=dtype.name, notes=tuple(notes), passes=passes, edges=edges,
         state_sizes=tuple((leaf.name, leaf.size) for leaf in ir.state),
+        state_kinds=state_kinds(ir, sparsity.pattern, linearity),
         options=tuple(sorted((k, v) for k, v in options.items()
                              if k not in ("init", "jacobian"))),
         _ir=ir, _structure=structure)
