@@ -41,6 +41,13 @@ class DSLRecurrence(Recurrence):
             raise DSLError(f"recurrence '{self.model.name}': {'; '.join(parts)}; it declares "
                            f"inputs {', '.join(declared) or 'none'}.",
                            filename=self.model.filename)
+        for k, v in xs.items():
+            shape = tuple(getattr(v, "shape", ()))
+            if shape[1:] != tuple(declared[k]):
+                raise DSLError(f"input {k!r} of recurrence '{self.model.name}' has shape "
+                               f"{shape}; expected (T{''.join(f', {d}' for d in declared[k])}) "
+                               f"(declared {k}{list(declared[k])}, plus the time axis).",
+                               filename=self.model.filename)
         if self.model.uses_step_index:
             T = length
             if T is None:

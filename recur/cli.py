@@ -141,16 +141,18 @@ def cmd_run(args) -> int:
     h0 = {k: jnp.asarray(v, rec.model.dtype) for k, v in h0.items()}
     if xs is not None:
         xs = {k: jnp.asarray(v, rec.model.dtype) for k, v in xs.items()}
-    start = time.perf_counter()
-    hs, info = rec.scan(h0, xs, params, length=args.length, method=args.method,
-                        return_info=True)
-    hs = {k: np.asarray(v) for k, v in hs.items()}
-    elapsed = time.perf_counter() - start
     out = _console()
+    start = time.perf_counter()
+    with out.status(f"running {rec.model.name!r} (compiling, then {args.method})"):
+        hs, info = rec.scan(h0, xs, params, length=args.length, method=args.method,
+                            return_info=True)
+        hs = {k: np.asarray(v) for k, v in hs.items()}
+    elapsed = time.perf_counter() - start
     out.print(f"ran {rec.model.name!r} with method {info.method} in {elapsed:.3f} s "
               f"(residual {float(info.residual):.3g}, fell back: {bool(info.fell_back)})")
     if args.check:
-        ref = rec.scan(h0, xs, params, length=args.length, method="sequential")
+        with out.status("running the sequential loop for --check"):
+            ref = rec.scan(h0, xs, params, length=args.length, method="sequential")
         diff = max(float(np.max(np.abs(hs[k] - np.asarray(ref[k])), initial=0.0)) for k in hs)
         out.print(f"check: largest difference to the sequential loop {diff:.3g}")
     folder = os.path.dirname(os.path.abspath(out_path))
@@ -375,6 +377,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (OSError, ValueError, KeyError) as exc:
         print(f"recur: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("recur: interrupted", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the command never ends in a traceback
+        print(f"recur: internal error ({type(exc).__name__}): {exc}\n"
+              "This is a bug in recur; please report it with the command you ran.",
+              file=sys.stderr)
         return 1
 
 
