@@ -65,7 +65,7 @@ class Plan:
     state_kinds: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
     options: tuple[tuple[str, Any], ...] = dataclasses.field(default=(), repr=False)
     _ir: Any = dataclasses.field(default=None, repr=False, compare=False)
-    _structure: Any = dataclasses.field(default=None, repr=False, compare=False)
+    _stages: Any = dataclasses.field(default=(), repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

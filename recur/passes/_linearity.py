@@ -263,10 +263,14 @@ def analyse_levels(closed, in_levels: Sequence[Level]) -> list[Level]:
     return [read(a) for a in jaxpr.outvars]
 
 
-def analyse_linearity(ir: StepIR) -> Linearity:
-    """Classify every new state leaf as free / linear / affine / nonlinear in the state."""
-    seeds = [Level(LINEAR, unit=True)] * len(ir.state) + \
-        [_FREE] * (len(ir.inputs) + len(ir.params))
+def analyse_linearity(ir: StepIR, state_leaves=None) -> Linearity:
+    """Classify every new state leaf as free / linear / affine / nonlinear in the state.
+
+    ``state_leaves`` (indices of state leaves) restricts "the state" to those leaves: the
+    others count as inputs, as for a stage whose earlier stages are already known."""
+    chosen = range(len(ir.state)) if state_leaves is None else set(state_leaves)
+    seeds = [Level(LINEAR, unit=True) if i in chosen else _FREE for i in range(len(ir.state))]
+    seeds += [_FREE] * (len(ir.inputs) + len(ir.params))
     outs = analyse_levels(ir.jaxpr, seeds)
     levels = []
     for lv in outs:

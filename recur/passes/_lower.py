@@ -1,5 +1,11 @@
 """Lowering: run the analysis passes on a ``StepIR`` and pick a method -> ``Plan``.
 
+The element graph is cut into stages (``_stages.py``); each stage is classified on its
+own (linearity with the earlier stages' states as inputs, the Jacobian structure of its
+own block of the pattern, a verification probe) and gets its own method.  Adjacent stages
+of the same class are merged, so a stage boundary appears only where the class changes
+(a Kalman filter: the covariance, nonlinear; then the mean, affine given it).
+
 Methods available in this version:
 
 * ``scan`` — exact associative (chunked) scan, for affine recurrences with inexact
@@ -16,6 +22,7 @@ solvers are not part of this version).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -26,6 +33,7 @@ from .._plan import KIND_ORDER, Plan, Stage
 from ..runtime._flat import compute_dtype
 from ._dependency import Sparsity, jacobian_sparsity
 from ._linearity import Linearity, analyse_linearity
+from ._stages import stage_elements
 from ._structure import Structure, analyse_structure
 from ._trace import StepIR
 from ._verify import Verification, verify
@@ -70,13 +78,23 @@ def _leaf_reads(ir: StepIR, pattern: np.ndarray):
     return tuple(reads), tuple(edges)
 
 
-def _jacobian_name(structure: Structure, linearity: Linearity, checked: Verification,
-                   pattern: np.ndarray) -> str:
+
+@dataclasses.dataclass(frozen=True)
+class StageData:
+    """What the runtime needs of a stage: its flat state elements and Jacobian structure
+    (in the stage's own element order)."""
+
+    elements: np.ndarray
+    structure: Structure
+
+
+def _jacobian_name(structure: Structure, affine: bool, unit: bool, checked: Verification,
+                   sub_pattern: np.ndarray) -> str:
     if structure.jacobian == "diagonal":
-        full = bool(np.all(np.diag(pattern)))
-        if linearity.affine and full and all(linearity.unit):
+        full = bool(np.all(np.diag(sub_pattern)))
+        if affine and full and unit:
             return "identity"
-        if (linearity.affine and checked.scalar) or pattern.shape[0] == 1:
+        if (affine and checked.scalar) or sub_pattern.shape[0] == 1:
             return "scalar"
     return structure.jacobian
 
@@ -99,9 +117,60 @@ def state_kinds(ir: StepIR, pattern: np.ndarray, linearity: Linearity):
     return tuple(out)
 
 
-def _kind(structure: Structure, linearity: Linearity) -> str:
-    if linearity.affine:
-        return "linear" if linearity.linear else "affine"
+def _leaves_of(ir: StepIR, elements: np.ndarray) -> list[int]:
+    offs = ir.offsets
+    return [i for i, (leaf, o) in enumerate(zip(ir.state, offs))
+            if np.any((elements >= o) & (elements < o + leaf.size))]
+
+
+def _stage_names(ir: StepIR, elements: np.ndarray) -> tuple[str, ...]:
+    """Leaf names, with flat index ranges where the stage holds only part of a leaf."""
+    names = []
+    for i in _leaves_of(ir, elements):
+        leaf, o = ir.state[i], ir.offsets[i]
+        local = np.sort(elements[(elements >= o) & (elements < o + leaf.size)] - o)
+        if len(local) == leaf.size:
+            names.append(leaf.name)
+            continue
+        breaks = np.flatnonzero(np.diff(local) != 1)
+        starts = np.concatenate([[local[0]], local[breaks + 1]])
+        stops = np.concatenate([local[breaks], [local[-1]]]) + 1
+        names += [f"{leaf.name}[{a}:{b}]" for a, b in zip(starts, stops)]
+    return tuple(names)
+
+
+def _stage_linearity(ir: StepIR, elements: np.ndarray) -> tuple[bool, bool, bool, list]:
+    """(affine, linear, unit, reasons) of a stage in its own state (leaf granularity: a
+    leaf shared with another stage counts as this stage's state, which is conservative)."""
+    leaves = _leaves_of(ir, elements)
+    lin = analyse_linearity(ir, leaves)
+    levels = [lin.levels[i] for i in leaves]
+    reasons = [(ir.state[i].name, lin.reasons[i]) for i in leaves if lin.reasons[i]]
+    affine = all(lv != "nonlinear" for lv in levels)
+    linear = all(lv == "linear" for lv in levels)
+    unit = all(lin.unit[i] for i in leaves)
+    return affine, linear, unit, reasons
+
+
+def _merge_stages(ir: StepIR, raw: list[np.ndarray]) -> list[np.ndarray]:
+    """Merge adjacent stages of the same class (affine or not) when the union keeps it."""
+    merged: list[np.ndarray] = []
+    flags: list[bool] = []
+    for elements in raw:
+        affine = _stage_linearity(ir, elements)[0]
+        if merged and flags[-1] == affine:
+            union = np.sort(np.concatenate([merged[-1], elements]))
+            if _stage_linearity(ir, union)[0] == affine:
+                merged[-1] = union
+                continue
+        merged.append(elements)
+        flags.append(affine)
+    return merged
+
+
+def _kind(structure: Structure, affine: bool, linear: bool) -> str:
+    if affine:
+        return "linear" if linear else "affine"
     if structure.jacobian in ("zero", "diagonal"):
         return "diagonal"
     if structure.jacobian.startswith("block"):
@@ -109,23 +178,22 @@ def _kind(structure: Structure, linearity: Linearity) -> str:
     return "nonlinear"
 
 
-def _evidence(ir: StepIR, kind: str, linearity: Linearity, checked: Verification) -> str:
+def _evidence(kind: str, reasons, checked: Verification, staged: bool) -> str:
     probe = {True: ", confirmed by a value probe", False: ", but a value probe disagreed",
-             None: ""}[checked.affine_ok if linearity.affine else None]
+             None: ""}[checked.affine_ok if kind in ("linear", "affine") else None]
+    given = " given the earlier stages" if staged else ""
     if kind == "linear":
-        return ("the new state is M(x) h with no offset (structural, on the jaxpr)"
-                + probe)
+        return f"the new state is M(x) h with no offset{given} (structural, on the jaxpr)" + probe
     if kind == "affine":
-        return ("the Jacobian does not depend on h (structural, on the jaxpr)" + probe)
-    reasons = [f"{leaf.name} through {r}" for leaf, r in zip(ir.state, linearity.reasons) if r]
-    return f"not affine in h: {'; '.join(reasons)}"
+        return f"the Jacobian does not depend on h{given} (structural, on the jaxpr)" + probe
+    return "not affine in h: " + "; ".join(f"{name} through {r}" for name, r in reasons)
 
 
 def _estimates(method: str, structure: Structure, T: int, n: int, itemsize: int):
     if method == "sequential":
         return (("work", T * max(n, 1)), ("depth", T), ("memory", T * n * itemsize))
     m, k = structure.blocks.shape if structure.blocks.size else (n, 1)
-    if structure.jacobian in ("zero",):
+    if structure.jacobian == "zero":
         coeff = 0
     elif structure.jacobian == "diagonal":
         coeff = n
@@ -136,30 +204,28 @@ def _estimates(method: str, structure: Structure, T: int, n: int, itemsize: int)
     return (("work", work), ("depth", depth), ("memory", T * (coeff + 2 * n) * itemsize))
 
 
-def _choose(requested: str, kind: str, ir: StepIR, linearity: Linearity,
+def _choose(requested: str, names, affine: bool, reasons, inexact: bool, bad_dtype,
             checked: Verification, backend: str):
-    inexact = all(is_inexact(leaf.dtype) for leaf in ir.state)
-    scan_ok = linearity.affine and inexact and checked.affine_ok is not False
+    scan_ok = affine and inexact and checked.affine_ok is not False
+    scan_no = ""
     if not scan_ok:
-        if not linearity.affine:
-            offenders = [f"{leaf.name} is nonlinear in the state through {r}"
-                         for leaf, r in zip(ir.state, linearity.reasons) if r]
-            scan_no = "; ".join(offenders)
+        if not affine:
+            scan_no = "; ".join(f"{name} is nonlinear in the state through {r}"
+                                for name, r in reasons)
         elif not inexact:
-            bad = [leaf.name for leaf in ir.state if not is_inexact(leaf.dtype)]
-            scan_no = f"state {', '.join(bad)} is not float/complex (a scan would round)"
+            scan_no = f"state {', '.join(bad_dtype)} is not float/complex (a scan would round)"
         else:
             scan_no = "the value probe found the step not affine"
     if requested == "scan":
         if not scan_ok:
-            raise PlanError(f"method='scan' needs an affine recurrence, but {scan_no}. Use "
-                            "method='sequential' (or 'auto').")
-        return "scan", "requested; exact for this affine recurrence", \
+            raise PlanError(f"method='scan' needs an affine recurrence, but in the stage of "
+                            f"{', '.join(names)}: {scan_no}. Use method='sequential' "
+                            "(or 'auto').")
+        return "scan", "requested; exact for this affine stage", \
             (("sequential", "not requested"),)
     if requested == "sequential":
         rejected = (("scan", "not requested") if scan_ok else ("scan", scan_no),)
         return "sequential", "requested", rejected
-    # auto
     if scan_ok and backend == "cpu":
         return "sequential", ("affine, but on CPU the sequential loop is the fastest exact "
                               "method: the scan kernel runs as a sequential loop there too, and "
@@ -170,8 +236,8 @@ def _choose(requested: str, kind: str, ir: StepIR, linearity: Linearity,
         return "scan", ("affine: an exact associative scan, one pass, parallel over time "
                         f"on {backend}"), \
             (("sequential", "same result, but no parallelism over time"),)
-    why = "the step is not affine: the DEER-family solvers are not part of this version, " \
-          "and the sequential loop is exact" if not linearity.affine else scan_no
+    why = ("not affine: the DEER-family solvers are not part of this version, and the "
+           "sequential loop is exact") if not affine else scan_no
     return "sequential", why, (("scan", scan_no),)
 
 
@@ -187,17 +253,31 @@ def _print_pattern(ir: StepIR, sp: Sparsity) -> str:
     return "\n".join(lines)
 
 
-def make_plan(ir: StepIR, *, method: str = "auto", backend: str | None = None,
+def _requested_for(method, names) -> str:
+    if not isinstance(method, dict):
+        return method
+    for name in names:
+        base = name.split("[")[0] if not name.startswith("[") else name
+        for key in (name, base):
+            if key in method:
+                return method[key]
+    return "auto"
+
+
+def _check_method(method) -> None:
+    values = method.values() if isinstance(method, dict) else [method]
+    for m in values:
+        if m in ITERATIVE:
+            raise PlanError(f"method={m!r} (an iterative DEER-family solver) is not available "
+                            f"in this version; use one of {', '.join(METHODS)}.")
+        if m not in METHODS:
+            raise PlanError(f"unknown method {m!r}; use one of {', '.join(METHODS)}.")
+
+
+def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = None,
               options: dict[str, Any] | None = None) -> Plan:
     options = check_options(options or {})
-    if isinstance(method, dict):
-        raise PlanError("a per-stage method dict needs a staged plan; this version plans "
-                        "one stage: pass one method name.")
-    if method in ITERATIVE:
-        raise PlanError(f"method={method!r} (an iterative DEER-family solver) is not available "
-                        f"in this version; use one of {', '.join(METHODS)}.")
-    if method not in METHODS:
-        raise PlanError(f"unknown method {method!r}; use one of {', '.join(METHODS)}.")
+    _check_method(method)
     if backend is None:
         import jax
         backend = jax.default_backend()
@@ -206,51 +286,79 @@ def make_plan(ir: StepIR, *, method: str = "auto", backend: str | None = None,
     backend = "gpu" if backend in ("cuda", "rocm") else backend
 
     sparsity = jacobian_sparsity(ir)
-    structure = analyse_structure(sparsity.pattern)
-    linearity = analyse_linearity(ir)
-    if options.get("verify", True):
-        checked = verify(ir, structure, linearity.affine)
-    else:
-        checked = Verification(None, None, False, ("verification turned off (verify=False)",))
-    notes = list(checked.notes)
-    if checked.structure_ok is False:
-        structure = analyse_structure(np.ones_like(sparsity.pattern))
-        notes.append("using the dense structure instead; this is a bug in recur's dependency "
-                     "pass, please report it")
-    kind = _kind(structure, linearity)
-    jac = _jacobian_name(structure, linearity, checked, sparsity.pattern)
-    chosen, why, rejected = _choose(method, kind, ir, linearity, checked, backend)
+    pattern = sparsity.pattern
+    whole = analyse_linearity(ir)
     dtype = compute_dtype([leaf.dtype for leaf in ir.state])
-    reads, edges = _leaf_reads(ir, sparsity.pattern)
-    stage = Stage(
-        states=tuple(leaf.name for leaf in ir.state), kind=kind, jacobian=jac, method=chosen,
-        reads=reads, evidence=_evidence(ir, kind, linearity, checked), why=why,
-        blocks=structure.block_sizes if structure.jacobian.startswith("block") else (),
-        estimates=_estimates(chosen, structure, ir.length, ir.n_state, dtype.itemsize),
-        rejected=rejected)
+    inexact = all(is_inexact(leaf.dtype) for leaf in ir.state)
+    bad_dtype = [leaf.name for leaf in ir.state if not is_inexact(leaf.dtype)]
+    groups = _merge_stages(ir, stage_elements(pattern)) if ir.n_state else \
+        [np.zeros(0, np.int64)]
+    if isinstance(method, dict):
+        known = {n for g in groups for n in _stage_names(ir, g)}
+        known |= {n.split("[")[0] for n in known}
+        unknown = sorted(set(method) - known)
+        if unknown:
+            raise PlanError(f"method dict names {', '.join(unknown)}, which is no stage's "
+                            f"state; the stages hold {', '.join(sorted(known))}.")
+    staged = len(groups) > 1
+    stages, data, notes, verification_text = [], [], [], []
+    for index, elements in enumerate(groups):
+        sub = pattern[np.ix_(elements, elements)]
+        structure = analyse_structure(sub)
+        affine, linear, unit, reasons = _stage_linearity(ir, elements)
+        names = _stage_names(ir, elements)
+        if options.get("verify", True) and len(elements):
+            checked = verify(ir, structure, affine,
+                             elements=None if len(elements) == ir.n_state else elements)
+        else:
+            checked = Verification(None, None, False, ("not probed",))
+        notes += [f"stage {index}: {n}" for n in checked.notes]
+        if checked.structure_ok is False:
+            structure = analyse_structure(np.ones_like(sub))
+            notes.append(f"stage {index}: using the dense structure instead; this is a bug in "
+                         "recur's dependency pass, please report it")
+        kind = _kind(structure, affine, linear)
+        jac = _jacobian_name(structure, affine, unit, checked, sub)
+        chosen, why, rejected = _choose(_requested_for(method, names), names, affine,
+                                        reasons, inexact, bad_dtype, checked, backend)
+        reads = tuple((leaf_name, tuple(r)) for leaf_name, r in _leaf_reads(ir, pattern)[0]
+                      if any(leaf_name == n.split("[")[0] or leaf_name == n for n in names))
+        stages.append(Stage(
+            states=names, kind=kind, jacobian=jac, method=chosen, reads=reads,
+            evidence=_evidence(kind, reasons, checked, staged and index > 0), why=why,
+            blocks=structure.block_sizes if structure.jacobian.startswith("block") else (),
+            estimates=_estimates(chosen, structure, ir.length, len(elements), dtype.itemsize),
+            rejected=rejected))
+        data.append(StageData(elements=elements, structure=structure))
+        verification_text.append(
+            f"stage {index}: structure {checked.structure_ok}, affine {checked.affine_ok}, "
+            f"scalar {checked.scalar}" + "".join(f"\n  {n}" for n in checked.notes))
+    methods = {st.method for st in stages}
+    _, edges = _leaf_reads(ir, pattern)
     passes = (
         ("trace", str(ir.jaxpr)),
         ("dependency", _print_pattern(ir, sparsity)),
-        ("structure", f"jacobian {structure.jacobian}, {structure.n_blocks} weak components "
-                      f"(blocks) of sizes {sorted(set(structure.block_sizes))}, "
-                      f"{structure.n_scc} strongly connected components"),
+        ("structure", "\n".join(
+            f"stage {i}: {len(d.elements)} elements, jacobian {d.structure.jacobian}, "
+            f"{d.structure.n_blocks} blocks of sizes {sorted(set(d.structure.block_sizes))}, "
+            f"{d.structure.n_scc} strongly connected components"
+            for i, d in enumerate(data))),
         ("linearity", "\n".join(f"{leaf.name}: {lv}" + (f" ({r})" if r else "")
-                                for leaf, lv, r in zip(ir.state, linearity.levels,
-                                                       linearity.reasons))),
-        ("verification", f"structure {checked.structure_ok}, affine {checked.affine_ok}, "
-                         f"scalar {checked.scalar}" +
-         "".join(f"\n{n}" for n in checked.notes)),
-        ("lowering", f"{chosen}: {why}"),
+                                for leaf, lv, r in zip(ir.state, whole.levels, whole.reasons))),
+        ("verification", "\n".join(verification_text)),
+        ("lowering", "\n".join(f"stage {i} ({', '.join(st.states)}): {st.method}: {st.why}"
+                               for i, st in enumerate(stages))),
     )
     return Plan(
-        kind=max((kind,), key=KIND_ORDER.index), method=chosen, stages=(stage,),
+        kind=max((st.kind for st in stages), key=KIND_ORDER.index),
+        method=methods.pop() if len(methods) == 1 else "staged", stages=tuple(stages),
         backend=backend, length=ir.length, reverse=ir.reverse, n_state=ir.n_state,
         dtype=dtype.name, notes=tuple(notes), passes=passes, edges=edges,
         state_sizes=tuple((leaf.name, leaf.size) for leaf in ir.state),
-        state_kinds=state_kinds(ir, sparsity.pattern, linearity),
+        state_kinds=state_kinds(ir, pattern, whole),
         options=tuple(sorted((k, v) for k, v in options.items()
                              if k not in ("init", "jacobian"))),
-        _ir=ir, _structure=structure)
+        _ir=ir, _stages=tuple(data))
 
 
-__all__ = ["make_plan", "check_options", "METHODS", "OPTIONS"]
+__all__ = ["make_plan", "check_options", "StageData", "METHODS", "OPTIONS"]

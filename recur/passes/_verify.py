@@ -59,8 +59,9 @@ def _random(rng: np.random.Generator, shape, dtype) -> np.ndarray:
 class _Probe:
     """The step as ``z -> z'`` on the flat state at random inputs/params."""
 
-    def __init__(self, ir: StepIR, rng: np.random.Generator):
+    def __init__(self, ir: StepIR, rng: np.random.Generator, elements=None):
         self.ir = ir
+        self.elements = None if elements is None else jnp.asarray(elements)
         consts = [c if jx.is_concrete(c) else _random(rng, c.shape, c.dtype)
                   for c in ir.jaxpr.consts]
         self.flat = FlatStep(ir, jaxpr_step(ir, consts))
@@ -72,11 +73,20 @@ class _Probe:
         self.x, self.p = [[jnp.asarray(_random(self.rng, s.shape, s.dtype)).astype(s.dtype)
                            for s in group] for group in (self.ir.inputs, self.ir.params)]
 
+        self.others = jnp.asarray(_random(self.rng, (self.ir.n_state,), self.dtype))
+
+    @property
+    def n(self) -> int:
+        return self.ir.n_state if self.elements is None else int(self.elements.shape[0])
+
     def point(self):
-        return jnp.asarray(_random(self.rng, (self.ir.n_state,), self.dtype))
+        return jnp.asarray(_random(self.rng, (self.n,), self.dtype))
 
     def __call__(self, z):
-        return self.flat(z, self.x, self.p)
+        if self.elements is None:
+            return self.flat(z, self.x, self.p)
+        full = self.others.at[self.elements].set(z)
+        return self.flat(full, self.x, self.p)[self.elements]
 
 
 def _close(a, b, scale, tol) -> bool | None:
@@ -98,14 +108,16 @@ def structured_product(jvp, n, dtype, structure: Structure, w):
 
 
 def verify(ir: StepIR, structure: Structure, affine: bool, *, seed: int = 0,
-           points: int = 2) -> Verification:
+           points: int = 2, elements=None) -> Verification:
+    """Probe ``structure`` and ``affine`` for the step, or for the stage made of the flat
+    state ``elements`` (the other elements held at random values)."""
     if ir.n_state == 0 or not all(is_inexact(leaf.dtype) for leaf in ir.state):
         return Verification(None, None, False, ("not probed: integer or empty state",))
     rng = np.random.default_rng(seed)
     notes: list[str] = []
     with jax.ensure_compile_time_eval():
-        probe = _Probe(ir, rng)
-        n, dtype = ir.n_state, probe.dtype
+        probe = _Probe(ir, rng, elements)
+        n, dtype = probe.n, probe.dtype
         # Rounding in the least precise dtype the step computes in bounds what a probe can
         # resolve; for 16-bit floats only gross violations are detectable.
         eps = max(float(jnp.finfo(s.dtype).eps)

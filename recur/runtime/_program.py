@@ -50,18 +50,21 @@ def _info(method, iterations, res, converged, fell_back):
 def _run(plan: Plan, in_trace: bool, h_leaves, x_leaves, p_leaves, consts):
     ir = plan._ir
     options = dict(plan.options)
-    T = ir.length
+    T, n = ir.length, ir.n_state
     leaf_step = jaxpr_step(ir, consts)
     flat = FlatStep(ir, leaf_step)
     real_dtype = np.dtype(jnp.finfo(flat.dtype).dtype) if is_inexact(flat.dtype) \
         else np.dtype(np.float32)
     x_per_step = x_leaves if x_leaves else None
+    n_stages = len(plan.stages)
 
-    if plan.method == "sequential" or T == 0:
+    if all(st.method == "sequential" for st in plan.stages) or T == 0:
         def step(h, x):
             return leaf_step(h, [] if x is None else x, p_leaves)
         hs = sequential_scan(step, list(h_leaves), x_per_step, length=T, reverse=ir.reverse)
-        return list(hs), _info(plan.method, 0, jnp.zeros((), real_dtype), True, False)
+        zero = jnp.zeros((n_stages,) if n_stages > 1 else (), real_dtype)
+        return list(hs), _info(plan.method, jnp.zeros_like(zero, jnp.int32), zero,
+                               jnp.ones_like(zero, bool), jnp.zeros_like(zero, bool))
 
     if ir.reverse and x_per_step is not None:
         x_per_step = [jnp.flip(v, 0) for v in x_per_step]
@@ -70,27 +73,51 @@ def _run(plan: Plan, in_trace: bool, h_leaves, x_leaves, p_leaves, consts):
         return flat(z, [] if x is None else x, p_leaves)
 
     z0 = flat.ravel(h_leaves)
-    zs = solve_affine(f, z0, x_per_step, plan._structure, T)
+    zs = jnp.zeros((T, n), flat.dtype)
+    stats = []
+    for data, stage in zip(plan._stages, plan.stages):
+        if len(data.elements) == n:
+            f_s, xs_s, z0_s = f, x_per_step, z0
+        else:
+            idx = jnp.asarray(data.elements)
+            prev = jnp.concatenate([z0[None], zs[:-1]], axis=0)
+
+            def f_s(z, xp, idx=idx):
+                x, before = xp
+                return f(before.at[idx].set(z), x)[idx]
+            xs_s, z0_s = (x_per_step, prev), z0[idx]
+        zs_s, stage_stats = _run_stage(stage.method, f_s, z0_s, xs_s, data, ir, options,
+                                       in_trace, real_dtype, T)
+        zs = zs_s if len(data.elements) == n else zs.at[:, jnp.asarray(data.elements)].set(zs_s)
+        stats.append(stage_stats)
+    if ir.reverse:
+        zs = jnp.flip(zs, 0)
+    fields = [jnp.stack(v) if n_stages > 1 else v[0] for v in zip(*stats)]
+    return flat.unravel(zs, lead=(T,)), _info(plan.method, *fields)
+
+
+def _run_stage(method, f, z0, xs, data, ir, options, in_trace, real_dtype, T):
+    """One stage: ``(zs, (iterations, residual, converged, fell_back))``."""
+    if method == "sequential":
+        zs = sequential_scan(f, z0, xs, length=T)
+        return zs, (jnp.asarray(0, jnp.int32), jnp.zeros((), real_dtype), jnp.asarray(True),
+                    jnp.asarray(False))
+    zs = solve_affine(f, z0, xs, data.structure, T)
     tol = default_tolerance([leaf.dtype for leaf in ir.state])
     rtol = options.get("rtol") if options.get("rtol") is not None else tol
     atol = options.get("atol") if options.get("atol") is not None else tol
     on_failure = options.get("on_failure", "sequential")
     fell_back = jnp.asarray(False)
     if options.get("check", True):
-        res, ok = residual(f, z0, zs, x_per_step, rtol=rtol, atol=atol)
+        res, ok = residual(f, z0, zs, xs, rtol=rtol, atol=atol)
         if on_failure == "sequential":
-            def seq():
-                return sequential_scan(f, z0, x_per_step, length=T)
-            zs = with_fallback(zs, ok, seq)
+            zs = with_fallback(zs, ok, lambda: sequential_scan(f, z0, xs, length=T))
             fell_back = ~ok
         elif on_failure == "raise" and in_trace:
-            _raise_at_run_time(ok, res, plan.method)
+            _raise_at_run_time(ok, res, method)
     else:
         res, ok = jnp.asarray(jnp.nan, real_dtype), jnp.asarray(True)
-    if ir.reverse:
-        zs = jnp.flip(zs, 0)
-    return flat.unravel(zs, lead=(T,)), _info(plan.method, 1, res.astype(real_dtype), ok,
-                                               fell_back)
+    return zs, (jnp.asarray(1, jnp.int32), res.astype(real_dtype), ok, fell_back)
 
 
 def _raise_at_run_time(ok, res, method: str) -> None:
@@ -121,10 +148,11 @@ def program_key(plan: Plan, leaves, in_trace: bool) -> tuple:
     ir = plan._ir
     found: list = []
     _callables(ir.jaxpr.jaxpr, found)
-    structure = plan._structure
+    stages = tuple((st.method, d.elements.tobytes(), d.structure.jacobian,
+                    d.structure.blocks.tobytes(), d.structure.blocks.shape)
+                   for st, d in zip(plan.stages, plan._stages))
     return (str(ir.jaxpr.jaxpr), tuple(found), tuple(map(_avals, leaves)),
-            plan.method, structure.jacobian, structure.blocks.tobytes(),
-            structure.blocks.shape, plan.options, ir.reverse, ir.length,
+            plan.method, stages, plan.options, ir.reverse, ir.length,
             ir.state_treedef, ir.input_treedef, ir.param_treedef, in_trace)
 
 
@@ -151,10 +179,10 @@ def execute(plan: Plan, h0: Any, xs: Any, params: Any) -> tuple[Any, Info]:
         _programs.move_to_end(key)
     out_leaves, info = program(h_leaves, x_leaves, p_leaves, consts)
     if plan.method != "sequential" and dict(plan.options).get("on_failure") == "raise" \
-            and not in_trace and not bool(info.converged):
+            and not in_trace and not bool(np.all(info.converged)):
         raise ConvergenceError(
             f"method {plan.method!r} did not meet the tolerance: residual "
-            f"{float(info.residual):.3g} (on_failure='raise'). Use on_failure='sequential' "
+            f"{float(np.max(info.residual)):.3g} (on_failure='raise'). Use on_failure='sequential' "
             "to fall back to the loop.")
     return jax.tree_util.tree_unflatten(ir.state_treedef, out_leaves), info
 

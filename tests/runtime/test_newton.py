@@ -1,0 +1,368 @@
+"""The nonlinear solvers (DEER, quasi-DEER, Picard, Jacobi) against ``lax.scan`` loops.
+
+Every converged result must equal the sequential loop; every claimed residual must be the
+real one; derivatives (reverse and forward) must be those of the loop.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from recur.passes._dependency import jacobian_sparsity
+from recur.passes._structure import analyse_structure
+from recur.passes._trace import trace_step
+from recur.runtime._newton import default_max_iters, solve_nonlinear
+
+TOL = dict(rtol=1e-13, atol=1e-13)
+
+
+def structure_of(step, h0, xs, length=None):
+    ir = trace_step(step, h0, xs, length=length)
+    return analyse_structure(jacobian_sparsity(ir).pattern)
+
+
+def sequential(step, h0, xs, length):
+    if xs is None:
+        return jax.lax.scan(lambda h, _: (step(h, None),) * 2, h0, None, length=length)[1]
+    return jax.lax.scan(lambda h, x: (step(h, x),) * 2, h0, xs)[1]
+
+
+def true_residual(step, h0, zs, xs):
+    prev = jnp.concatenate([h0[None], zs[:-1]])
+    fz = jax.vmap(step)(prev, xs) if xs is not None else jax.vmap(lambda p: step(p, None))(prev)
+    return float(jnp.max(jnp.abs(zs - fz)))
+
+
+# ----------------------------------------------------------------------------- problems
+
+def gru_params(D, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"W": jnp.asarray(rng.standard_normal((3, D, D)) / np.sqrt(D)),
+            "U": jnp.asarray(rng.standard_normal((3, D, D)) / np.sqrt(D))}
+
+
+def gru(h, x, p):
+    z = jax.nn.sigmoid(p["W"][0] @ h + p["U"][0] @ x)
+    r = jax.nn.sigmoid(p["W"][1] @ h + p["U"][1] @ x)
+    n = jnp.tanh(p["W"][2] @ (r * h) + p["U"][2] @ x)
+    return (1 - z) * h + z * n
+
+
+def tanh_rnn(h, x, p):
+    return jnp.tanh(p["w"] * h + p["u"] * x + p["b"])
+
+
+def heads_rnn(h, x, p):  # 4 interleaved heads of 3 (head j: h[j], h[j+4], h[j+8]): block(3)
+    hp = h.reshape(3, 4).T
+    new = jnp.tanh(jnp.einsum("hij,hj->hi", p["W"], hp) + x.reshape(4, 3))
+    return new.T.reshape(-1)
+
+
+def lorenz96(h, x, p):
+    F, dt = 8.0, 0.01
+    g = (jnp.roll(h, -1) - jnp.roll(h, 2)) * jnp.roll(h, 1) - h + F
+    return h + dt * g
+
+
+def leaky(h, x, p):  # h + dt * g(h, x): the form Picard is for
+    return h + 0.1 * (jnp.tanh(p["W"] @ h + x) - h)
+
+
+def running_max(h, x, p):
+    return jnp.maximum(h, x)
+
+
+def make(name, T=48, seed=1):
+    rng = np.random.default_rng(seed)
+    if name == "gru":
+        D = 5
+        p = gru_params(D, seed)
+        return gru, p, jnp.asarray(rng.standard_normal(D) * 0.1), jnp.asarray(rng.standard_normal((T, D)))
+    if name == "tanh":
+        D = 4
+        p = {"w": jnp.asarray(rng.uniform(-1.2, 1.2, D)), "u": jnp.asarray(rng.standard_normal(D)),
+             "b": jnp.asarray(rng.standard_normal(D) * 0.1)}
+        return tanh_rnn, p, jnp.asarray(rng.standard_normal(D)), jnp.asarray(rng.standard_normal((T, D)))
+    if name == "heads":
+        p = {"W": jnp.asarray(rng.standard_normal((4, 3, 3)) / np.sqrt(3))}
+        return heads_rnn, p, jnp.asarray(rng.standard_normal(12) * 0.1), jnp.asarray(rng.standard_normal((T, 12)))
+    if name == "lorenz96":
+        h0 = 8.0 * jnp.ones(5) + jnp.asarray(np.array([0.01, 0, 0, 0, 0]))
+        return lorenz96, {}, h0, jnp.zeros((200, 5))
+    if name == "leaky":
+        D = 4
+        p = {"W": jnp.asarray(rng.standard_normal((D, D)) / np.sqrt(D))}
+        return leaky, p, jnp.zeros(D), jnp.asarray(rng.standard_normal((T, D)))
+    if name == "max":
+        return running_max, {}, jnp.asarray(rng.standard_normal(3)), jnp.asarray(rng.standard_normal((T, 3)))
+    raise KeyError(name)
+
+
+CASES = [
+    ("gru", "deer"), ("gru", "quasi-deer"), ("gru", "jacobi"),
+    ("tanh", "deer"), ("tanh", "quasi-deer"), ("tanh", "jacobi"),
+    ("heads", "deer"), ("heads", "quasi-deer"),
+    ("lorenz96", "deer"), ("lorenz96", "quasi-deer"), ("lorenz96", "picard"),
+    ("leaky", "picard"), ("leaky", "deer"),
+    ("max", "deer"), ("max", "quasi-deer"), ("max", "jacobi"),
+]
+EXPECTED = {"gru": "dense", "tanh": "diagonal", "heads": "block(3)", "lorenz96": "dense",
+            "leaky": "dense", "max": "diagonal"}
+
+
+@pytest.mark.parametrize("name,method", CASES)
+def test_agrees_with_loop(name, method):
+    fn, p, h0, xs = make(name)
+    step = lambda h, x: fn(h, x, p)  # noqa: E731
+    T = xs.shape[0]
+    s = structure_of(step, h0, xs)
+    assert s.jacobian == EXPECTED[name]
+    zs, st = jax.jit(lambda h0, xs: solve_nonlinear(step, h0, xs, method=method, structure=s,
+                                                    length=T, **TOL))(h0, xs)
+    ref = sequential(step, h0, xs, T)
+    assert zs.shape == ref.shape and zs.dtype == ref.dtype
+    assert bool(st["converged"]), (name, method, st)
+    assert 0 < int(st["iterations"]) <= default_max_iters(method, T)
+    scale = 1 + float(jnp.max(jnp.abs(ref)))
+    assert float(jnp.max(jnp.abs(zs - ref))) <= 1e-10 * scale
+    # the residual claim is honest, and the history ends with it
+    real = true_residual(step, h0, zs, xs)
+    assert real <= 2 * float(st["residual"]) + 1e-15
+    assert float(st["residual"]) <= 1e-13 * (1 + scale)
+    hist = np.asarray(st["history"])
+    k = int(st["iterations"])
+    assert hist.shape == (default_max_iters(method, T),)
+    assert hist[k - 1] == float(st["residual"]) and np.all(np.isnan(hist[k:]))
+    if name != "max":  # J = 0 steps make the estimate log(tiny)
+        assert float(st["lyapunov"]) < 0.05
+
+
+def test_jacobi_needs_at_most_T_iterations():
+    fn, p, h0, xs = make("lorenz96")
+    step = lambda h, x: fn(h, x, p)  # noqa: E731
+    T = 60
+    s = structure_of(step, h0, xs[:T])
+    zs, st = solve_nonlinear(step, h0, xs[:T], method="jacobi", structure=s, length=T,
+                             max_iters=T, **TOL)
+    assert bool(st["converged"]) and int(st["iterations"]) <= T
+    np.testing.assert_allclose(zs, sequential(step, h0, xs[:T], T), rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("r,contractive", [(2.5, True), (3.9, False)])
+def test_logistic(r, contractive):
+    step = lambda h, x: r * h * (1 - h)  # noqa: E731
+    h0 = jnp.asarray([0.3])
+    T = 400
+    s = structure_of(step, h0, None, length=T)
+    ref = sequential(step, h0, None, T)
+    for method in ("deer", "quasi-deer", "jacobi"):
+        zs, st = solve_nonlinear(step, h0, None, method=method, structure=s, length=T, **TOL)
+        real = true_residual(step, h0, zs, None)
+        if contractive:
+            assert bool(st["converged"]) and float(st["lyapunov"]) < 0
+            np.testing.assert_allclose(zs, ref, rtol=0, atol=1e-12)
+        else:
+            # chaotic: 400 steps cannot be done in <= 50 Newton iterations; the solver must
+            # say so (and see the positive exponent), never claim a wrong trajectory
+            assert not bool(st["converged"]), method
+            assert float(st["lyapunov"]) > 0.05 or method == "jacobi"
+            assert real > 1e-13
+            if method == "deer":  # stopped early, well before max_iters
+                assert int(st["iterations"]) < default_max_iters("deer", T)
+        if bool(st["converged"]):
+            assert real <= 2 * float(st["residual"]) + 1e-15
+
+
+def test_logistic_chaotic_short_is_honest():
+    # short enough that Newton can finish: then the residual claim must hold
+    step = lambda h, x: 3.9 * h * (1 - h)  # noqa: E731
+    h0 = jnp.asarray([0.3])
+    T = 30
+    s = structure_of(step, h0, None, length=T)
+    zs, st = solve_nonlinear(step, h0, None, method="deer", structure=s, length=T,
+                             rtol=1e-12, atol=1e-12)
+    if bool(st["converged"]):
+        real = true_residual(step, h0, zs, None)
+        assert real <= 1e-12 * 2
+        # a pseudo-orbit: the first steps agree with the float loop
+        np.testing.assert_allclose(zs[:10], sequential(step, h0, None, T)[:10], atol=1e-8)
+
+
+def test_nan_input_matches_loop():
+    fn, p, h0, xs = make("tanh")
+    xs = xs.at[20, 1].set(jnp.nan)
+    step = lambda h, x: fn(h, x, p)  # noqa: E731
+    T = xs.shape[0]
+    s = structure_of(step, h0, xs)
+    ref = sequential(step, h0, xs, T)
+    for method in ("deer", "quasi-deer"):
+        zs, st = solve_nonlinear(step, h0, xs, method=method, structure=s, length=T, **TOL)
+        assert bool(st["converged"]) and np.isfinite(float(st["residual"]))
+        np.testing.assert_array_equal(np.isnan(zs), np.isnan(ref))
+        fin = ~np.isnan(np.asarray(ref))
+        np.testing.assert_allclose(np.asarray(zs)[fin], np.asarray(ref)[fin], atol=1e-12)
+
+
+def test_nan_jacobian_does_not_leak():
+    # d/dh sqrt(h*h) at h = 0 is NaN: the first linearisation point is z0 = 0
+    step = lambda h, x: 0.5 * jnp.sqrt(h * h) + x  # noqa: E731
+    h0 = jnp.zeros(3)
+    xs = jnp.asarray(np.random.default_rng(3).standard_normal((40, 3)))
+    s = structure_of(step, h0, xs)
+    for method in ("deer", "quasi-deer"):
+        zs, st = solve_nonlinear(step, h0, xs, method=method, structure=s, length=40, **TOL)
+        assert bool(st["converged"]) and bool(jnp.all(jnp.isfinite(zs)))
+        np.testing.assert_allclose(zs, sequential(step, h0, xs, 40), atol=1e-12)
+
+
+def test_overflowing_newton_iterate_is_reset():
+    # expansive early steps: a bad initial guess makes the linear solve overflow
+    step = lambda h, x: jnp.tanh(h) * 0.5 + jnp.exp(x) * 1e-3  # noqa: E731
+    h0 = jnp.zeros(2)
+    xs = jnp.asarray(np.random.default_rng(4).standard_normal((30, 2)))
+    s = structure_of(step, h0, xs)
+    init = jnp.full((30, 2), 1e300)
+    zs, st = solve_nonlinear(step, h0, xs, method="deer", structure=s, length=30, init=init,
+                             **TOL)
+    assert bool(st["converged"])
+    np.testing.assert_allclose(zs, sequential(step, h0, xs, 30), atol=1e-12)
+
+
+def test_user_jacobian_and_init():
+    fn, p, h0, xs = make("gru")
+    step = lambda h, x: fn(h, x, p)  # noqa: E731
+    T = xs.shape[0]
+    s = structure_of(step, h0, xs)
+    ref = sequential(step, h0, xs, T)
+    jac = lambda z, x: 0.5 * jnp.ones_like(z)  # noqa: E731  (a crude diagonal guess)
+    zs, st = solve_nonlinear(step, h0, xs, method="quasi-deer", structure=s, length=T,
+                             jacobian=jac, **TOL)
+    assert bool(st["converged"])
+    np.testing.assert_allclose(zs, ref, atol=1e-11)
+    zs, st = solve_nonlinear(step, h0, xs, method="deer", structure=s, length=T, init=ref, **TOL)
+    assert int(st["iterations"]) <= 1 and bool(st["converged"])
+
+
+# ----------------------------------------------------------------------------- derivatives
+
+def _losses(name, method, T=16):
+    fn, p, h0, xs = make(name, T=T, seed=2)
+    s = structure_of(lambda h, x: fn(h, x, p), h0, xs)
+
+    def par(h0, xs, p):
+        zs, _ = solve_nonlinear(lambda h, x: fn(h, x, p), h0, xs, method=method, structure=s,
+                                length=T, **TOL)
+        return jnp.sum(jnp.sin(zs) * jnp.arange(1.0, T + 1.0)[:, None])
+
+    def seq(h0, xs, p):
+        zs = sequential(lambda h, x: fn(h, x, p), h0, xs, T)
+        return jnp.sum(jnp.sin(zs) * jnp.arange(1.0, T + 1.0)[:, None])
+
+    return par, seq, (h0, xs, p)
+
+
+@pytest.mark.parametrize("name,method", [("gru", "deer"), ("gru", "quasi-deer"),
+                                         ("tanh", "deer"), ("heads", "quasi-deer"),
+                                         ("lorenz96", "picard")])
+def test_derivatives_equal_loop(name, method):
+    par, seq, args = _losses(name, method)
+    g1 = jax.grad(par, argnums=(0, 1, 2))(*args)
+    g2 = jax.grad(seq, argnums=(0, 1, 2))(*args)
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-11)
+    t1 = jax.jvp(par, args, args)
+    t2 = jax.jvp(seq, args, args)
+    np.testing.assert_allclose(t1[0], t2[0], rtol=1e-11)
+    np.testing.assert_allclose(t1[1], t2[1], rtol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["deer", "quasi-deer"])
+def test_check_grads(method):
+    par, _, args = _losses("gru", method, T=6)
+    check_grads(par, args, order=1, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- transformations
+
+def test_vmap_and_jit_agree():
+    fn, p, h0, xs = make("gru", T=32)
+    T = xs.shape[0]
+    s = structure_of(lambda h, x: fn(h, x, p), h0, xs)
+    rng = np.random.default_rng(7)
+    H0 = jnp.asarray(rng.standard_normal((3,) + h0.shape) * 0.3)
+    XS = jnp.asarray(rng.standard_normal((3,) + xs.shape))
+    Ws = jnp.stack([p["W"], 0.5 * p["W"], -p["W"]])
+
+    def run(h0, xs, W):
+        return solve_nonlinear(lambda h, x: fn(h, x, {"W": W, "U": p["U"]}), h0, xs,
+                               method="deer", structure=s, length=T, **TOL)
+
+    zb, stb = jax.jit(jax.vmap(run))(H0, XS, Ws)
+    assert stb["iterations"].shape == (3,) and stb["history"].shape[0] == 3
+    for i in range(3):
+        zi, sti = run(H0[i], XS[i], Ws[i])
+        ref = sequential(lambda h, x: fn(h, x, {"W": Ws[i], "U": p["U"]}), H0[i], XS[i], T)
+        assert bool(stb["converged"][i]) and bool(sti["converged"])
+        np.testing.assert_allclose(zb[i], zi, atol=1e-12)
+        np.testing.assert_allclose(zb[i], ref, atol=1e-11)
+    # gradients under vmap
+    gb = jax.vmap(jax.grad(lambda h0, xs, W: jnp.sum(run(h0, xs, W)[0] ** 2)))(H0, XS, Ws)
+    g0 = jax.grad(lambda h0: jnp.sum(sequential(
+        lambda h, x: fn(h, x, {"W": Ws[0], "U": p["U"]}), h0, XS[0], T) ** 2))(H0[0])
+    np.testing.assert_allclose(gb[0], g0, rtol=1e-10, atol=1e-12)
+
+
+def test_float32_and_complex():
+    fn, p, h0, xs = make("tanh")
+    p32 = {k: v.astype(jnp.float32) for k, v in p.items()}
+    step = lambda h, x: fn(h, x, p32)  # noqa: E731
+    h32, x32 = h0.astype(jnp.float32), xs.astype(jnp.float32)
+    s = structure_of(step, h32, x32)
+    zs, st = solve_nonlinear(step, h32, x32, method="deer", structure=s, length=xs.shape[0],
+                             rtol=1e-5, atol=1e-5)
+    assert zs.dtype == jnp.float32 and bool(st["converged"])
+    assert st["residual"].dtype == jnp.float32
+    np.testing.assert_allclose(zs, sequential(step, h32, x32, xs.shape[0]), atol=1e-5)
+
+    a = jnp.asarray([0.5 + 0.3j, -0.4j])
+    cstep = lambda h, x: a * h + 0.1 * jnp.sin(h) + x  # noqa: E731
+    ch0 = jnp.asarray([1 + 1j, 0.5 + 0j])
+    cxs = jnp.asarray(np.random.default_rng(5).standard_normal((30, 2)) * (1 + 0.5j))
+    s = structure_of(cstep, ch0, cxs)
+    zs, st = solve_nonlinear(cstep, ch0, cxs, method="deer", structure=s, length=30, **TOL)
+    assert zs.dtype == jnp.complex128 and bool(st["converged"])
+    assert st["lyapunov"].dtype == jnp.float64
+    np.testing.assert_allclose(zs, sequential(cstep, ch0, cxs, 30), atol=1e-12)
+
+
+def test_dense_quasi_diagonal_in_chunks(monkeypatch):
+    import recur.runtime._newton as newton
+    monkeypatch.setattr(newton, "_DIAG_CHUNK_ELEMENTS", 48 * 5 * 2)  # groups of 2 columns
+    fn, p, h0, xs = make("gru")
+    step = lambda h, x: fn(h, x, p)  # noqa: E731
+    s = structure_of(step, h0, xs)
+    zs, st = solve_nonlinear(step, h0, xs, method="quasi-deer", structure=s, length=48, **TOL)
+    monkeypatch.undo()
+    zs2, st2 = solve_nonlinear(step, h0, xs, method="quasi-deer", structure=s, length=48, **TOL)
+    assert int(st["iterations"]) == int(st2["iterations"])
+    np.testing.assert_allclose(zs, zs2, atol=1e-13)
+    np.testing.assert_allclose(zs, sequential(step, h0, xs, 48), atol=1e-11)
+
+
+def test_empty_and_bad_arguments():
+    step = lambda h, x: jnp.tanh(h) + x  # noqa: E731
+    s = structure_of(step, jnp.zeros(2), jnp.zeros((3, 2)))
+    zs, st = solve_nonlinear(step, jnp.zeros(2), jnp.zeros((0, 2)), method="deer", structure=s,
+                             length=0, **TOL)
+    assert zs.shape == (0, 2) and bool(st["converged"])
+    from recur._errors import PlanError, StepFunctionError
+    with pytest.raises(PlanError):
+        solve_nonlinear(step, jnp.zeros(2), jnp.zeros((3, 2)), method="newton", structure=s,
+                        length=3, **TOL)
+    with pytest.raises(StepFunctionError):
+        solve_nonlinear(step, jnp.zeros(2), jnp.zeros((3, 2)), method="deer", structure=s,
+                        length=3, init=jnp.zeros((2, 2)), **TOL)
