@@ -115,3 +115,15 @@ def test_method_dict_names_must_be_stages():
         recur.plan(kalman_step, h0, jnp.ones((5, 2)), method={"['q']": "scan"})
     with pytest.raises(recur.PlanError, match=r"stage of \['P'\]"):
         recur.plan(kalman_step, h0, jnp.ones((5, 2)), method="scan")
+
+
+def test_memory_guard_rejects_and_explains():
+    W = jnp.asarray(np.random.default_rng(0).standard_normal((64, 64)) / 8)
+    args = (jax.ShapeDtypeStruct((64,), jnp.float32),
+            jax.ShapeDtypeStruct((10**7, 64), jnp.float32))
+    with pytest.raises(recur.PlanError, match=r"needs about .* GB.*budget"):
+        recur.plan(lambda h, x: W @ h + x, *args, method="scan", backend="gpu")
+    plan = recur.plan(lambda h, x: W @ h + x, *args, backend="gpu")
+    assert plan.method == "sequential" and "memory budget" in plan.stages[0].rejected[0][1]
+    small = recur.plan(lambda h, x: W @ h + x, *args, backend="gpu", memory_limit=1e15)
+    assert small.method == "scan"

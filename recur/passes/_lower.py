@@ -42,7 +42,7 @@ METHODS = ("auto", "sequential", "scan")
 ITERATIVE = ("deer", "quasi-deer", "picard", "jacobi", "elk")
 ON_FAILURE = ("sequential", "raise", "ignore")
 OPTIONS = ("rtol", "atol", "max_iters", "on_failure", "init", "jacobian", "check", "verify",
-           "chunk")
+           "chunk", "memory_limit")
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -204,11 +204,54 @@ def _estimates(method: str, structure: Structure, T: int, n: int, itemsize: int)
     return (("work", work), ("depth", depth), ("memory", T * (coeff + 2 * n) * itemsize))
 
 
+def memory_budget(backend: str, limit: float | None = None) -> float:
+    """Bytes a plan may use: ``memory_limit`` if given, else 80% of the device's memory
+    (the local device's when it matches ``backend``; 80 GB, an H100, for a GPU plan made on
+    a machine without one; physical memory for CPU)."""
+    if limit is not None:
+        return float(limit)
+    import jax
+    try:
+        if jax.default_backend() == backend:
+            stats = jax.devices()[0].memory_stats() or {}
+            if stats.get("bytes_limit"):
+                return 0.8 * float(stats["bytes_limit"])
+    except Exception:  # noqa: BLE001 - memory statistics are optional in JAX backends
+        pass
+    if backend == "cpu":
+        import os
+        try:
+            return 0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return 8e9
+    return 0.8 * 80e9
+
+
+def scan_bytes(structure: Structure, T: int, n: int, itemsize: int) -> float:
+    """Peak bytes of ``scan``: the coefficients ``A_t``, the right-hand sides and the result,
+    and a second copy of the coefficients for the adjoint when differentiated."""
+    m, k = structure.blocks.shape if structure.blocks.size else (n, 1)
+    coeff = {"zero": 0, "diagonal": n}.get(structure.jacobian, m * k * k)
+    return float(T) * (2 * coeff + 3 * n) * itemsize
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:.3g} GB"
+
+
 def _choose(requested: str, names, affine: bool, reasons, inexact: bool, bad_dtype,
-            checked: Verification, backend: str):
+            checked: Verification, backend: str, need: float = 0.0, budget: float = np.inf):
     scan_ok = affine and inexact and checked.affine_ok is not False
     scan_no = ""
-    if not scan_ok:
+    if scan_ok and need > budget:
+        if requested == "scan":
+            raise PlanError(
+                f"method='scan' for the stage of {', '.join(names)} needs about {_gb(need)} "
+                f"for its coefficients, right-hand sides and result, but the budget is {_gb(budget)}; use method='sequential', a shorter sequence, or "
+                "raise memory_limit.")
+        scan_ok = False
+        scan_no = f"needs about {_gb(need)}, over the memory budget of {_gb(budget)}"
+    if not scan_ok and not scan_no:
         if not affine:
             scan_no = "; ".join(f"{name} is nonlinear in the state through {r}"
                                 for name, r in reasons)
@@ -319,8 +362,11 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
                          "recur's dependency pass, please report it")
         kind = _kind(structure, affine, linear)
         jac = _jacobian_name(structure, affine, unit, checked, sub)
-        chosen, why, rejected = _choose(_requested_for(method, names), names, affine,
-                                        reasons, inexact, bad_dtype, checked, backend)
+        chosen, why, rejected = _choose(
+            _requested_for(method, names), names, affine, reasons, inexact, bad_dtype,
+            checked, backend, need=scan_bytes(structure, ir.length, len(elements),
+                                              dtype.itemsize),
+            budget=memory_budget(backend, options.get("memory_limit")))
         reads = tuple((leaf_name, tuple(r)) for leaf_name, r in _leaf_reads(ir, pattern)[0]
                       if any(leaf_name == n.split("[")[0] or leaf_name == n for n in names))
         stages.append(Stage(
