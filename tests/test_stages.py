@@ -118,7 +118,7 @@ def test_method_dict_names_must_be_stages():
 
 
 def test_memory_guard_rejects_and_explains():
-    W = jnp.asarray(np.random.default_rng(0).standard_normal((64, 64)) / 8)
+    W = jnp.asarray(np.random.default_rng(0).standard_normal((64, 64)) / 8, jnp.float32)
     args = (jax.ShapeDtypeStruct((64,), jnp.float32),
             jax.ShapeDtypeStruct((10**7, 64), jnp.float32))
     with pytest.raises(recur.PlanError, match=r"needs about .* GB.*budget"):

@@ -96,8 +96,11 @@ def call_step(fn, h, x, params, has_params: bool):
     return fn(h, x, params) if has_params else fn(h, x)
 
 
-def leaf_name(path) -> str:
-    return jax.tree_util.keystr(tuple(path)) or ROOT_NAME
+_ROOT_NAMES = {"h0": ROOT_NAME, "xs": "x", "params": "params"}
+
+
+def leaf_name(path, what: str = "h0") -> str:
+    return jax.tree_util.keystr(tuple(path)) or _ROOT_NAMES.get(what, ROOT_NAME)
 
 
 def _leaf_spec(value: Any, what: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -124,7 +127,7 @@ def _flatten(tree: Any, what: str) -> tuple[list[Any], Any, list[str]]:
         paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
     except Exception as exc:  # noqa: BLE001
         raise StepFunctionError(f"cannot flatten {what} as a pytree: {exc}") from None
-    names = [leaf_name(p) for p, _ in paths_leaves]
+    names = [leaf_name(p, what) for p, _ in paths_leaves]
     return [leaf for _, leaf in paths_leaves], treedef, names
 
 
