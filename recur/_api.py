@@ -57,7 +57,8 @@ def scan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
     xs = None if xs is None else _as_arrays(xs)
     params = None if params is None else _as_arrays(params)
     the_plan = make_plan(ir, method=method, options=options)
-    hs, info = execute(the_plan, h0, xs, params)
+    hs, info = execute(the_plan, h0, xs, params, init=options.get("init"),
+                       jacobian=options.get("jacobian"))
     return (hs, info) if return_info else hs
 
 

@@ -8,6 +8,10 @@ of the same class are merged, so a stage boundary appears only where the class c
 
 Methods available in this version:
 
+* ``deer``, ``quasi-deer``, ``picard``, ``jacobi`` — the iterative solvers of
+  ``runtime/_newton.py`` for stages that are not affine (``auto`` picks ``deer`` on GPU/TPU
+  for diagonal, block and small dense Jacobians, ``quasi-deer`` for large dense ones, and
+  the sequential loop on CPU, where it is fastest);
 * ``scan`` — exact associative (chunked) scan, for affine recurrences with inexact
   (float/complex) states: one pass, work ``O(T n)`` (diagonal), ``O(T m k^3)`` (``m``
   blocks of ``k``), ``O(T n^3)`` (dense), depth ``O(log T)`` on parallel hardware;
@@ -38,8 +42,9 @@ from ._structure import Structure, analyse_structure
 from ._trace import StepIR
 from ._verify import Verification, verify
 
-METHODS = ("auto", "sequential", "scan")
-ITERATIVE = ("deer", "quasi-deer", "picard", "jacobi", "elk")
+ITERATIVE = ("deer", "quasi-deer", "picard", "jacobi")
+METHODS = ("auto", "sequential", "scan") + ITERATIVE
+NOT_YET = ("elk",)
 ON_FAILURE = ("sequential", "raise", "ignore")
 OPTIONS = ("rtol", "atol", "max_iters", "on_failure", "init", "jacobian", "check", "verify",
            "chunk", "memory_limit")
@@ -189,9 +194,22 @@ def _evidence(kind: str, reasons, checked: Verification, staged: bool) -> str:
     return "not affine in h: " + "; ".join(f"{name} through {r}" for name, r in reasons)
 
 
+EXPECTED_ITERATIONS = {"deer": 5, "quasi-deer": 14, "picard": 50, "jacobi": 50}
+_A_TILDE = {"deer": "the true Jacobian", "quasi-deer": "diag of the Jacobian",
+            "picard": "identity", "jacobi": "zero"}
+
+
 def _estimates(method: str, structure: Structure, T: int, n: int, itemsize: int):
     if method == "sequential":
         return (("work", T * max(n, 1)), ("depth", T), ("memory", T * n * itemsize))
+    if method in ITERATIVE:
+        base = dict(_estimates("scan", structure, T, n, itemsize))
+        iters = min(EXPECTED_ITERATIONS[method], max(T, 1))
+        if method != "deer":
+            base["memory"] = T * 3 * n * itemsize
+        return (("Ã", _A_TILDE[method]), ("expected iterations", iters),
+                ("work", iters * base["work"]), ("depth", iters * base["depth"]),
+                ("memory", base["memory"]))
     m, k = structure.blocks.shape if structure.blocks.size else (n, 1)
     if structure.jacobian == "zero":
         coeff = 0
@@ -239,8 +257,27 @@ def _gb(x: float) -> str:
     return f"{x / 1e9:.3g} GB"
 
 
+_ITERATIVE_WHY = {
+    "deer": "Newton iterations, each an exact scan with the true (structured) Jacobians",
+    "quasi-deer": "quasi-Newton iterations with the exact diagonal of the Jacobian",
+    "picard": "Picard sweeps (Ã = I), for steps of the form h + g(h, x)",
+    "jacobi": "Jacobi sweeps (Ã = 0), one parallel evaluation of the step each",
+}
+_DEER_DENSE_MAX = 64
+
+
+def structure_ok_for_deer(structure_name: str, n: int) -> bool:
+    """Newton pays with this Jacobian: diagonal, blocks or dense up to 64 elements."""
+    if structure_name in ("zero", "identity", "scalar", "diagonal"):
+        return True
+    if structure_name.startswith("block("):
+        return int(structure_name[6:-1]) <= _DEER_DENSE_MAX
+    return n <= _DEER_DENSE_MAX
+
+
 def _choose(requested: str, names, affine: bool, reasons, inexact: bool, bad_dtype,
-            checked: Verification, backend: str, need: float = 0.0, budget: float = np.inf):
+            checked: Verification, backend: str, need: float = 0.0, budget: float = np.inf,
+            structure_name: str = "dense", n: int = 0):
     scan_ok = affine and inexact and checked.affine_ok is not False
     scan_no = ""
     if scan_ok and need > budget:
@@ -269,6 +306,12 @@ def _choose(requested: str, names, affine: bool, reasons, inexact: bool, bad_dty
     if requested == "sequential":
         rejected = (("scan", "not requested") if scan_ok else ("scan", scan_no),)
         return "sequential", "requested", rejected
+    if requested in ITERATIVE:
+        if scan_ok:  # a forced iterative method leaves affine stages to the exact scan
+            return "scan", (f"{requested} was requested, but this stage is affine: the exact "
+                            "scan solves it in one pass"), ((requested, "the stage is affine"),)
+        return requested, f"requested; {_ITERATIVE_WHY[requested]}", \
+            (("scan", scan_no),)
     if scan_ok and backend == "cpu":
         return "sequential", ("affine, but on CPU the sequential loop is the fastest exact "
                               "method: the scan kernel runs as a sequential loop there too, and "
@@ -279,9 +322,18 @@ def _choose(requested: str, names, affine: bool, reasons, inexact: bool, bad_dty
         return "scan", ("affine: an exact associative scan, one pass, parallel over time "
                         f"on {backend}"), \
             (("sequential", "same result, but no parallelism over time"),)
-    why = ("not affine: the DEER-family solvers are not part of this version, and the "
-           "sequential loop is exact") if not affine else scan_no
-    return "sequential", why, (("scan", scan_no),)
+    if not affine and inexact and backend != "cpu" and structure_ok_for_deer(structure_name, n):
+        return "deer", (f"not affine; Newton (DEER) with {structure_name} Jacobians, parallel "
+                        f"over time on {backend}, falls back to the loop if it does not "
+                        "converge"), (("scan", scan_no), ("sequential", "no parallelism"))
+    if not affine and inexact and backend != "cpu":
+        return "quasi-deer", (f"not affine; the {structure_name} Jacobian is too large for "
+                              "Newton, so quasi-Newton with its exact diagonal"), \
+            (("scan", scan_no), ("deer", "dense Jacobians T x n x n"))
+    why = ("not affine; on CPU the sequential loop is the fastest exact method (the "
+           "DEER-family solvers pay on parallel hardware)") if not affine else scan_no
+    return "sequential", why, (("scan", scan_no),) + tuple(
+        (m, "slower than the loop on CPU") for m in ("deer", "quasi-deer") if not affine)
 
 
 def _print_pattern(ir: StepIR, sp: Sparsity) -> str:
@@ -310,9 +362,9 @@ def _requested_for(method, names) -> str:
 def _check_method(method) -> None:
     values = method.values() if isinstance(method, dict) else [method]
     for m in values:
-        if m in ITERATIVE:
-            raise PlanError(f"method={m!r} (an iterative DEER-family solver) is not available "
-                            f"in this version; use one of {', '.join(METHODS)}.")
+        if m in NOT_YET:
+            raise PlanError(f"method={m!r} is not available in this version; use one of "
+                            f"{', '.join(METHODS)}.")
         if m not in METHODS:
             raise PlanError(f"unknown method {m!r}; use one of {', '.join(METHODS)}.")
 
@@ -366,7 +418,8 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
             _requested_for(method, names), names, affine, reasons, inexact, bad_dtype,
             checked, backend, need=scan_bytes(structure, ir.length, len(elements),
                                               dtype.itemsize),
-            budget=memory_budget(backend, options.get("memory_limit")))
+            budget=memory_budget(backend, options.get("memory_limit")),
+            structure_name=jac, n=len(elements))
         reads = tuple((leaf_name, tuple(r)) for leaf_name, r in _leaf_reads(ir, pattern)[0]
                       if any(leaf_name == n.split("[")[0] or leaf_name == n for n in names))
         stages.append(Stage(

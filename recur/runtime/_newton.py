@@ -258,13 +258,14 @@ def _sanitize(a):
 # ----------------------------------------------------------------------------- Lyapunov
 
 def _lyapunov_diag(a: jax.Array) -> jax.Array:
-    """``max_i mean_t log|a_ti|`` over finite entries."""
+    """``max_i mean_t log|a_ti|`` (NaN entries skipped, ``|a|`` clipped to
+    ``[tiny, max]`` so that zeros and overflowed entries count as very negative/positive)."""
     rdt = _real_dtype(a.dtype)
-    tiny = jnp.finfo(rdt).tiny
+    fi = jnp.finfo(rdt)
     mag = jnp.abs(a).astype(rdt)
-    fin = jnp.isfinite(mag)
-    logs = jnp.where(fin, jnp.log(jnp.maximum(jnp.where(fin, mag, 1), tiny)), 0)
-    cnt = jnp.sum(fin, axis=0).astype(rdt)
+    keep = ~jnp.isnan(mag)
+    logs = jnp.where(keep, jnp.log(jnp.clip(jnp.where(keep, mag, 1), fi.tiny, fi.max)), 0)
+    cnt = jnp.sum(keep, axis=0).astype(rdt)
     per = jnp.where(cnt > 0, jnp.sum(logs, axis=0) / jnp.maximum(cnt, 1), -jnp.inf)
     return jnp.max(per, initial=-jnp.inf).astype(rdt)
 
@@ -328,32 +329,36 @@ def _iterate(f: Flat, z0, xs, guess, *, method, structure, rtol, atol, max_iters
 
     if method == "jacobi" or (method in ("deer", "quasi-deer") and sk == "zero"):
         kind = "zero"
-    elif method == "picard":
-        kind = "identity"
-    elif method == "quasi-deer" or sk == "diagonal" or (jacobian is not None and method == "deer"
-                                                       and sk == "diagonal"):
-        kind = "diag"
+    elif method in ("picard", "quasi-deer") or sk == "diagonal":
+        kind = "diag"  # picard: a = 1 of shape (T, 1)
     else:
         kind = "block"
-    use_user = jacobian is not None and kind == "diag"
-    lyap_exact = kind == "diag" and sk == "diagonal" and not use_user
-    E = _colouring(structure, n, dtype) if kind in ("diag", "block") and not use_user else None
+    use_user = jacobian is not None and kind == "diag" and method != "picard"
+    lyap_exact = kind == "diag" and sk == "diagonal" and method != "picard" and not use_user
+    needs_jvp = kind in ("diag", "block") and method != "picard" and not use_user
+    E = _colouring(structure, n, dtype) if needs_jvp else None
 
     def evaluate(z):
+        """``P = shift(z)``, ``f(P)`` and the raw (unsanitised) ``Ã`` at ``P``."""
         P = _shift(z, z0)
-        if kind in ("zero", "identity"):
-            return P, _map_steps(f, P, xs), jnp.zeros((0,), dtype)
-        if use_user:
+        if not needs_jvp:
             fz = _map_steps(f, P, xs)
-            a = _map_steps(lambda p, x: jnp.asarray(jacobian(p, x)).astype(dtype), P, xs)
-            return P, fz, _sanitize(jnp.broadcast_to(a, (T, n)))
+            if kind == "zero":
+                a = jnp.zeros((0,), dtype)
+            elif method == "picard":
+                a = jnp.ones((T, 1), dtype)
+            else:
+                a = jnp.broadcast_to(
+                    _map_steps(lambda p, x: jnp.asarray(jacobian(p, x)).astype(dtype), P, xs),
+                    (T, n))
+            return P, fz, a
         fz, jvp_all = jax.linearize(lambda Z: _map_steps(f, Z, xs), P)
         per_step = _direct_per_step(jvp_all, T, n)
         if kind == "diag":
             a = _diag_from_cols(per_step, E, T, n, dtype)
         else:
             a = _blocks_from_cols(per_step(jnp.asarray(E)), structure.blocks, n)
-        return P, fz, _sanitize(a)
+        return P, fz, a
 
     def check(z, fz):
         diff = jnp.abs(z - fz).astype(rdt)
@@ -366,7 +371,7 @@ def _iterate(f: Flat, z0, xs, guess, *, method, structure, rtol, atol, max_iters
 
     C = -(-T // min(T, _LYAP_WINDOW))
     u0 = np.random.default_rng(20240531).standard_normal(n)
-    u0 = u0 / max(np.linalg.norm(u0), 1e-300)
+    u0 = u0 / max(float(np.linalg.norm(u0)), 1e-300)
     V0 = jnp.broadcast_to(jnp.asarray(u0.astype(np.dtype(dtype))), (C, n))
 
     def lyapunov(P, a, V):
@@ -374,18 +379,26 @@ def _iterate(f: Flat, z0, xs, guess, *, method, structure, rtol, atol, max_iters
             return _lyapunov_diag(a), V
         return _lyapunov_power(f, P, xs, V)
 
-    P, fz, a = evaluate(guess)
-    res, ok = check(guess, fz)
-    lam, V = lyapunov(P, a, V0)
-    hist = jnp.full((max_iters,), jnp.nan, rdt)
-    state0 = dict(k=jnp.asarray(0, jnp.int32), z=guess, P=P, fz=fz, a=a, res=res, ok=ok, lam=lam,
-                  V=V, hist=hist, stop=jnp.asarray(False))
+    # The loop starts at k = -1 with Ã = 0 and f(z̃_{t-1}) := guess, so that its first pass
+    # "solves" z = guess exactly and evaluates there: the evaluation, Jacobians and
+    # Lyapunov estimate are traced (and compiled) once.
+    if kind == "zero":
+        a0 = jnp.zeros((0,), dtype)
+    elif kind == "diag":
+        a0 = jnp.zeros((T, 1) if method == "picard" else (T, n), dtype)
+    else:
+        m, k = structure.blocks.shape
+        a0 = jnp.zeros((T, m, k, k), dtype)
+    state0 = dict(k=jnp.asarray(-1, jnp.int32), z=guess, P=jnp.broadcast_to(z0, (T, n)),
+                  fz=guess, a=a0, res=jnp.asarray(jnp.inf, rdt), ok=jnp.asarray(False),
+                  lam=jnp.asarray(jnp.nan, rdt), V=V0,
+                  hist=jnp.full((max_iters + 1,), jnp.nan, rdt), stop=jnp.asarray(False))
 
     def cond(s):
-        return ~s["ok"] & ~s["stop"] & (s["k"] < max_iters)
+        return (s["k"] < 0) | (~s["ok"] & ~s["stop"] & (s["k"] < max_iters))
 
     def body(s):
-        z, P, fz, a = s["z"], s["P"], s["fz"], s["a"]
+        P, fz, a = s["P"], s["fz"], s["a"]
         z_new = _linear_recurrence(kind, a, fz - _apply(kind, a, P, structure), z0, structure)
         # reset: non-finite only where f itself produced a non-finite value
         z_new = jnp.where(jnp.isfinite(z_new) | ~jnp.isfinite(fz), z_new, fz)
@@ -393,15 +406,15 @@ def _iterate(f: Flat, z0, xs, guess, *, method, structure, rtol, atol, max_iters
         res, ok = check(z_new, fz)
         lam, V = lyapunov(P, a, s["V"])
         k = s["k"] + 1
-        hist = s["hist"].at[k - 1].set(res)
+        hist = s["hist"].at[k].set(res)
         stalled = ~(res < s["res"])
         stop = (k >= _MIN_ITERS_BEFORE_STOP) & (lam > _DIVERGENCE_LYAPUNOV) & stalled & ~ok
-        return dict(k=k, z=z_new, P=P, fz=fz, a=a, res=res, ok=ok, lam=lam, V=V, hist=hist,
-                    stop=stop)
+        return dict(k=k, z=z_new, P=P, fz=fz, a=_sanitize(a), res=res, ok=ok, lam=lam, V=V,
+                    hist=hist, stop=stop)
 
     s = lax.while_loop(cond, body, state0)
     stats = dict(iterations=s["k"], residual=s["res"], converged=s["ok"], lyapunov=s["lam"],
-                 history=s["hist"])
+                 history=s["hist"][1:])
     return s["z"], stats
 
 

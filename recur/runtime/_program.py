@@ -28,26 +28,41 @@ import numpy as np
 
 from .. import _jax_adapter as jx
 from .._dtypes import is_inexact
-from .._errors import ConvergenceError
+from .._errors import ConvergenceError, PlanError
 from .._info import Info
 from .._plan import Plan
 from ._affine import solve_affine
 from ._checks import default_tolerance, residual, with_fallback
 from ._flat import FlatStep, jaxpr_step
+from ._newton import METHODS as ITERATIVE_METHODS
+from ._newton import solve_nonlinear
 from ._sequential import sequential_scan
 
 _CACHE_SIZE = 64
 _programs: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
 
 
-def _info(method, iterations, res, converged, fell_back):
+def _info(method, iterations, res, converged, fell_back, lyapunov=None):
+    if lyapunov is None:
+        lyapunov = jnp.full(jnp.shape(iterations), jnp.nan, jnp.float32)
     return Info(method=method, iterations=jnp.asarray(iterations, jnp.int32),
                 residual=jnp.asarray(res), converged=jnp.asarray(converged, bool),
                 fell_back=jnp.asarray(fell_back, bool),
-                lyapunov=jnp.asarray(jnp.nan, jnp.float32))
+                lyapunov=jnp.asarray(lyapunov, jnp.float32))
 
 
-def _run(plan: Plan, in_trace: bool, h_leaves, x_leaves, p_leaves, consts):
+def _unflatten_x(ir, x):
+    if ir.input_treedef is None:
+        return None
+    return jax.tree_util.tree_unflatten(ir.input_treedef, [] if x is None else list(x))
+
+
+def _unflatten_p(ir, p_leaves):
+    return jax.tree_util.tree_unflatten(ir.param_treedef, list(p_leaves))
+
+
+def _run(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_leaves, consts,
+         init_leaves):
     ir = plan._ir
     options = dict(plan.options)
     T, n = ir.length, ir.n_state
@@ -74,6 +89,9 @@ def _run(plan: Plan, in_trace: bool, h_leaves, x_leaves, p_leaves, consts):
 
     z0 = flat.ravel(h_leaves)
     zs = jnp.zeros((T, n), flat.dtype)
+    init_full = None if init_leaves is None else flat.ravel_batched(init_leaves)
+    if init_full is not None and ir.reverse:
+        init_full = jnp.flip(init_full, 0)
     stats = []
     for data, stage in zip(plan._stages, plan.stages):
         if len(data.elements) == n:
@@ -86,8 +104,19 @@ def _run(plan: Plan, in_trace: bool, h_leaves, x_leaves, p_leaves, consts):
                 x, before = xp
                 return f(before.at[idx].set(z), x)[idx]
             xs_s, z0_s = (x_per_step, prev), z0[idx]
+        idx_np = data.elements
+        init_s = None if init_full is None else init_full[:, jnp.asarray(idx_np)]
+        jac_s = None
+        if user_jacobian is not None:
+            def jac_s(z, xp, idx=jnp.asarray(idx_np), full_state=len(idx_np) == n):
+                x, before = (xp, None) if full_state else xp
+                full = z if full_state else before.at[idx].set(z)
+                d = flat.ravel(jax.tree_util.tree_leaves(user_jacobian(
+                    jax.tree_util.tree_unflatten(ir.state_treedef, flat.unravel(full)),
+                    _unflatten_x(ir, x), _unflatten_p(ir, p_leaves))))
+                return d if full_state else d[idx]
         zs_s, stage_stats = _run_stage(stage.method, f_s, z0_s, xs_s, data, ir, options,
-                                       in_trace, real_dtype, T)
+                                       in_trace, real_dtype, T, init_s, jac_s)
         zs = zs_s if len(data.elements) == n else zs.at[:, jnp.asarray(data.elements)].set(zs_s)
         stats.append(stage_stats)
     if ir.reverse:
@@ -96,18 +125,32 @@ def _run(plan: Plan, in_trace: bool, h_leaves, x_leaves, p_leaves, consts):
     return flat.unravel(zs, lead=(T,)), _info(plan.method, *fields)
 
 
-def _run_stage(method, f, z0, xs, data, ir, options, in_trace, real_dtype, T):
-    """One stage: ``(zs, (iterations, residual, converged, fell_back))``."""
+def _run_stage(method, f, z0, xs, data, ir, options, in_trace, real_dtype, T, init=None,
+               jacobian=None):
+    """One stage: ``(zs, (iterations, residual, converged, fell_back, lyapunov))``."""
+    nan = jnp.asarray(jnp.nan, jnp.float32)
     if method == "sequential":
         zs = sequential_scan(f, z0, xs, length=T)
         return zs, (jnp.asarray(0, jnp.int32), jnp.zeros((), real_dtype), jnp.asarray(True),
-                    jnp.asarray(False))
-    zs = solve_affine(f, z0, xs, data.structure, T)
+                    jnp.asarray(False), nan)
     tol = default_tolerance([leaf.dtype for leaf in ir.state])
     rtol = options.get("rtol") if options.get("rtol") is not None else tol
     atol = options.get("atol") if options.get("atol") is not None else tol
     on_failure = options.get("on_failure", "sequential")
     fell_back = jnp.asarray(False)
+    if method in ITERATIVE_METHODS:
+        zs, st = solve_nonlinear(f, z0, xs, method=method, structure=data.structure, length=T,
+                                 rtol=rtol, atol=atol, max_iters=options.get("max_iters"),
+                                 init=init, jacobian=jacobian)
+        res, ok = st["residual"].astype(real_dtype), st["converged"]
+        if on_failure == "sequential":
+            zs = with_fallback(zs, ok, lambda: sequential_scan(f, z0, xs, length=T))
+            fell_back = ~ok
+        elif on_failure == "raise" and in_trace:
+            _raise_at_run_time(ok, res, method)
+        return zs, (st["iterations"].astype(jnp.int32), res, ok, fell_back,
+                    st["lyapunov"].astype(jnp.float32))
+    zs = solve_affine(f, z0, xs, data.structure, T)
     if options.get("check", True):
         res, ok = residual(f, z0, zs, xs, rtol=rtol, atol=atol)
         if on_failure == "sequential":
@@ -117,7 +160,7 @@ def _run_stage(method, f, z0, xs, data, ir, options, in_trace, real_dtype, T):
             _raise_at_run_time(ok, res, method)
     else:
         res, ok = jnp.asarray(jnp.nan, real_dtype), jnp.asarray(True)
-    return zs, (jnp.asarray(1, jnp.int32), res.astype(real_dtype), ok, fell_back)
+    return zs, (jnp.asarray(1, jnp.int32), res.astype(real_dtype), ok, fell_back, nan)
 
 
 def _raise_at_run_time(ok, res, method: str) -> None:
@@ -160,24 +203,34 @@ def _concrete(leaves) -> bool:
     return all(jx.is_concrete(v) for group in leaves for v in group)
 
 
-def execute(plan: Plan, h0: Any, xs: Any, params: Any) -> tuple[Any, Info]:
+def execute(plan: Plan, h0: Any, xs: Any, params: Any, *, init: Any = None,
+            jacobian: Any = None) -> tuple[Any, Info]:
+    """Run ``plan``; ``init`` (a trajectory like ``hs``) and ``jacobian`` (a function
+    ``(h, x, params) -> diag of ∂f/∂h`` like ``h``) only guide the iterative solvers."""
     ir = plan._ir
+    init_leaves = None if init is None else [jnp.asarray(v)
+                                             for v in jax.tree_util.tree_leaves(init)]
+    if init_leaves is not None:
+        expected = [(ir.length,) + leaf.shape for leaf in ir.state]
+        if [tuple(v.shape) for v in init_leaves] != expected:
+            raise PlanError(f"init must be a trajectory like hs, leaves of shapes {expected}; "
+                            f"got {[tuple(v.shape) for v in init_leaves]}.")
     h_leaves = [jnp.asarray(v) for v in jax.tree_util.tree_leaves(h0)]
     x_leaves = [] if xs is None else [jnp.asarray(v) for v in jax.tree_util.tree_leaves(xs)]
     p_leaves = [jnp.asarray(v) for v in jax.tree_util.tree_leaves(params)]
     consts = list(ir.jaxpr.consts)
     groups = (h_leaves, x_leaves, p_leaves, consts)
     in_trace = not _concrete(groups)
-    key = program_key(plan, groups, in_trace)
+    key = program_key(plan, groups, in_trace) + (jacobian, init_leaves is None)
     program = _programs.get(key)
     if program is None:
-        program = jax.jit(functools.partial(_run, plan, in_trace))
+        program = jax.jit(functools.partial(_run, plan, in_trace, jacobian))
         _programs[key] = program
         if len(_programs) > _CACHE_SIZE:
             _programs.popitem(last=False)
     else:
         _programs.move_to_end(key)
-    out_leaves, info = program(h_leaves, x_leaves, p_leaves, consts)
+    out_leaves, info = program(h_leaves, x_leaves, p_leaves, consts, init_leaves)
     if plan.method != "sequential" and dict(plan.options).get("on_failure") == "raise" \
             and not in_trace and not bool(np.all(info.converged)):
         raise ConvergenceError(
