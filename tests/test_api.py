@@ -155,7 +155,7 @@ def test_methods_and_options_are_checked():
     with pytest.raises(recur.PlanError, match="unknown method"):
         recur.scan(tanh_step, jnp.zeros(2), jnp.ones((3, 2)), method="fast")
     with pytest.raises(recur.PlanError, match="not available"):
-        recur.scan(tanh_step, jnp.zeros(2), jnp.ones((3, 2)), method="deer")
+        recur.scan(tanh_step, jnp.zeros(2), jnp.ones((3, 2)), method="elk")
     with pytest.raises(recur.PlanError, match="unknown option"):
         recur.scan(tanh_step, jnp.zeros(2), jnp.ones((3, 2)), tolerance=1e-3)
     with pytest.raises(recur.PlanError, match="on_failure"):
