@@ -8,6 +8,7 @@ afresh; under ``jit`` the planning happens once, at trace time.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -42,7 +43,21 @@ def plan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
     arrays or ``jax.ShapeDtypeStruct``s)."""
     _no_sharding(mesh, axis_name)
     ir = trace_step(fn, h0, xs, params, length=length, reverse=reverse)
+    if method == "autotune":
+        from ._autotune import choose
+        if not _all_arrays((h0, xs, params)):
+            raise PlanError("method='autotune' times the candidates, so plan() needs arrays "
+                            "(not ShapeDtypeStructs) for h0, xs and params.")
+        chosen, note = choose(ir, _as_arrays(h0), None if xs is None else _as_arrays(xs),
+                              None if params is None else _as_arrays(params), options,
+                              backend)
+        the_plan = make_plan(ir, method=chosen, backend=backend, options=options)
+        return dataclasses.replace(the_plan, notes=the_plan.notes + (note,))
     return make_plan(ir, method=method, backend=backend, options=options)
+
+
+def _all_arrays(tree) -> bool:
+    return not any(isinstance(v, jax.ShapeDtypeStruct) for v in jax.tree_util.tree_leaves(tree))
 
 
 def scan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
@@ -56,7 +71,13 @@ def scan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
     h0 = _as_arrays(h0)
     xs = None if xs is None else _as_arrays(xs)
     params = None if params is None else _as_arrays(params)
+    note = None
+    if method == "autotune":
+        from ._autotune import choose
+        method, note = choose(ir, h0, xs, params, options)
     the_plan = make_plan(ir, method=method, options=options)
+    if note:
+        the_plan = dataclasses.replace(the_plan, notes=the_plan.notes + (note,))
     hs, info = execute(the_plan, h0, xs, params, init=options.get("init"),
                        jacobian=options.get("jacobian"))
     return (hs, info) if return_info else hs

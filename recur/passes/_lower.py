@@ -362,6 +362,9 @@ def _requested_for(method, names) -> str:
 def _check_method(method) -> None:
     values = method.values() if isinstance(method, dict) else [method]
     for m in values:
+        if m == "autotune":
+            raise PlanError("method='autotune' is resolved by recur.scan/recur.plan before "
+                            "planning; it cannot be a stage's method.")
         if m in NOT_YET:
             raise PlanError(f"method={m!r} is not available in this version; use one of "
                             f"{', '.join(METHODS)}.")
