@@ -31,8 +31,9 @@ method         ``Ã_t``
 ``jacobi``     ``0`` (``z_t = f(z̃_{t-1}, x_t)``: one parallel evaluation of ``f``)
 ============== ============================================================================
 
-After ``k`` iterations of Newton or Jacobi the first ``k`` steps are exact, so ``T``
-iterations always suffice; the default ``max_iters`` never exceeds ``T``.
+After ``k`` iterations the first ``k`` steps are exact whatever ``Ã`` is (if ``z̃_{t-1}`` is
+already exact, ``z_t = f(z̃_{t-1}, x_t)``), so ``T`` iterations always suffice (``T - 1``
+from the default guess, whose step 0 is exact); the default ``max_iters`` never exceeds ``T``.
 
 Stopping test and cost per iteration
 ------------------------------------
@@ -68,14 +69,16 @@ current iterate from the *true* Jacobians:
 * diagonal structure with ``deer``/``quasi-deer`` (where ``Ã_t = J_t`` exactly):
   ``λ = max_i mean_t log|J_t[i, i]|`` -- exact for a diagonal system (the coordinates
   are independent);
-* otherwise a windowed power iteration: time is cut into windows of ``W = min(T, 32)``
-  steps; in every window (all in parallel) a unit vector is pushed through
-  ``v ← J_t v / |J_t v|`` with one JVP per step, and ``λ = mean_t log|J_t v_{t-1}|``
-  over all steps.  Each window starts from the vector with which the previous window
-  ended at the previous iteration, so over the iterations the vectors align with the
-  leading Lyapunov vector and the transient of a fresh start disappears (the first
-  iteration starts from a fixed random unit vector).  Cost: one batched JVP of ``f`` per
-  iteration, depth ``W``.
+* otherwise a power iteration *along time*, one batched JVP per sweep, no extra scan: unit
+  vectors ``V_t`` (all ``t`` at once) are updated by ``V_t ← J_t V_{t-1} / |J_t V_{t-1}|``
+  (``V_{-1}`` a fixed random unit vector ``u``), reusing the linearisation of ``f`` that the
+  iteration computes anyway (``jax.linearize``), and ``λ = mean_t log|J_t V_{t-1}|`` over
+  the last sweep.  After ``s`` sweeps ``V_t`` has been pushed through the ``s`` Jacobians
+  ``J_{t-s+1} .. J_t`` (a finite-time estimate over windows of length ``s`` ending at every
+  ``t``), so the transient of the random start fades as sweeps accumulate: 16 sweeps at the
+  initial guess and 4 per later iteration, the vectors carried from one iteration to the
+  next.  Compared with a windowed sequential power iteration (32-step windows, tried first)
+  it gave the same estimates on Lorenz-96 and the GRU at a fraction of the compile time.
 
 Steps with ``J_t v = 0`` count as ``log(tiny)``; non-finite steps are skipped.  When
 ``λ > 0.05`` after at least 3 iterations and the residual did not decrease in the last
@@ -102,7 +105,6 @@ recurrence (tests: agreement with ``lax.scan`` to ~1e-12 in float64 and ``check_
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import jax
@@ -122,8 +124,10 @@ _DEFAULT_MAX_ITERS = {"deer": 50, "jacobi": 100, "quasi-deer": 200, "picard": 20
 # Early stop: Lyapunov exponent (per step) above which a stalling iteration is abandoned.
 _DIVERGENCE_LYAPUNOV = 0.05
 _MIN_ITERS_BEFORE_STOP = 3
-# Window length of the power-iteration Lyapunov estimate.
-_LYAP_WINDOW = 32
+# Power-iteration sweeps along time per evaluation (the first, at the initial guess, and
+# each later one): after k iterations the vectors have been through 16 + 4 k Jacobians.
+_LYAP_SWEEPS_FIRST = 16
+_LYAP_SWEEPS = 4
 # Largest number of Jacobian entries (T x colours x n) materialised at once by quasi-DEER.
 _DIAG_CHUNK_ELEMENTS = 1 << 24
 
@@ -228,8 +232,6 @@ def _linear_recurrence(kind: str, a, b: jax.Array, h0: jax.Array, structure: Str
     """``h_t = A_t h_{t-1} + b_t`` with ``A`` given as ``kind``."""
     if kind == "zero":
         return b
-    if kind == "identity":
-        return _scan.diagonal_scan(jnp.ones((b.shape[0], 1), b.dtype), b, h0)
     if kind == "diag":
         return _scan.diagonal_scan(a, b, h0)
     n = b.shape[1]
@@ -242,8 +244,6 @@ def _apply(kind: str, a, P: jax.Array, structure: Structure) -> jax.Array:
     """``Ã_t P_t`` for every ``t``."""
     if kind == "zero":
         return jnp.zeros_like(P)
-    if kind == "identity":
-        return P
     if kind == "diag":
         return a * P
     n = P.shape[1]
@@ -270,53 +270,21 @@ def _lyapunov_diag(a: jax.Array) -> jax.Array:
     return jnp.max(per, initial=-jnp.inf).astype(rdt)
 
 
-def _pad_time(v: jax.Array, pad: int) -> jax.Array:
-    if pad == 0:
-        return v
-    return jnp.concatenate([v, jnp.broadcast_to(v[-1:], (pad,) + v.shape[1:])], axis=0)
-
-
-def _lyapunov_power(f: Flat, P: jax.Array, xs: Any, V0: jax.Array):
-    """Windowed power iteration (see the module docstring).  ``V0``: ``(C, n)`` start
-    vectors, one per window.  Returns ``(λ, next start vectors)``."""
-    T, n = P.shape
-    C = V0.shape[0]
-    W = -(-T // C)
-    pad = C * W - T
-    rdt = _real_dtype(P.dtype)
+def _lyapunov_sweep(jvp_all: Callable, V: jax.Array, u0: jax.Array):
+    """One power-iteration sweep along time (see the module docstring): ``V_t`` are unit
+    vectors; returns ``(mean_t log|J_t V_{t-1}|, new V)`` with ``V_{-1} = u0``."""
+    rdt = _real_dtype(V.dtype)
     tiny = jnp.finfo(rdt).tiny
-
-    def windows(v):  # (T, ...) -> (W, C, ...): position l of every window
-        v = _pad_time(v, pad)
-        return jnp.swapaxes(v.reshape((C, W) + v.shape[1:]), 0, 1)
-
-    P3 = windows(P)
-    xs3 = None if xs is None else jax.tree_util.tree_map(windows, xs)
-    valid = jnp.asarray(np.swapaxes((np.arange(C * W) < T).reshape(C, W), 0, 1))
-    restart = V0[0]
-
-    def jv(p, x, v):
-        return jax.jvp(lambda z: f(z, x), (p,), (v,))[1]
-
-    def body(carry, inp):
-        V, s, cnt = carry
-        p, x, ok = inp
-        JV = jax.vmap(jv)(p, x, V) if x is not None else jax.vmap(lambda p, v: jv(p, None, v))(p, V)
-        nrm = jnp.sqrt(jnp.sum(jnp.abs(JV).astype(rdt) ** 2, axis=-1))
-        fin = jnp.isfinite(nrm) & ok
-        pos = fin & (nrm > tiny)
-        s = s + jnp.where(fin, jnp.log(jnp.maximum(jnp.where(fin, nrm, 1), tiny)), 0)
-        cnt = cnt + fin.astype(rdt)
-        scale = jnp.where(pos, nrm, 1).astype(JV.dtype)
-        V = jnp.where(pos[:, None], JV / scale[:, None],
-                      jnp.where(fin[:, None], restart[None], V))
-        return (V, s, cnt), None
-
-    init = (V0, jnp.zeros((C,), rdt), jnp.zeros((C,), rdt))
-    (V, s, cnt), _ = lax.scan(body, init, (P3, xs3, valid))
-    total = jnp.sum(cnt)
-    lam = jnp.where(total > 0, jnp.sum(s) / jnp.maximum(total, 1), jnp.asarray(0, rdt))
-    return lam.astype(rdt), jnp.concatenate([V0[:1], V[:-1]], axis=0)
+    JV = jvp_all(_shift(V, u0))
+    nrm = jnp.sqrt(jnp.sum(jnp.abs(JV).astype(rdt) ** 2, axis=-1))
+    fin = jnp.isfinite(nrm)
+    pos = fin & (nrm > tiny)
+    logs = jnp.where(fin, jnp.log(jnp.maximum(jnp.where(fin, nrm, 1), tiny)), 0)
+    cnt = jnp.sum(fin).astype(rdt)
+    lam = jnp.where(cnt > 0, jnp.sum(logs) / jnp.maximum(cnt, 1), jnp.asarray(0, rdt))
+    scale = jnp.where(pos, nrm, 1).astype(JV.dtype)
+    V = jnp.where(pos[:, None], JV / scale[:, None], u0[None])
+    return lam.astype(rdt), V
 
 
 # ----------------------------------------------------------------------------- the iteration
@@ -339,10 +307,14 @@ def _iterate(f: Flat, z0, xs, guess, *, method, structure, rtol, atol, max_iters
     E = _colouring(structure, n, dtype) if needs_jvp else None
 
     def evaluate(z):
-        """``P = shift(z)``, ``f(P)`` and the raw (unsanitised) ``Ã`` at ``P``."""
+        """``P = shift(z)``, ``f(P)``, the raw (unsanitised) ``Ã`` at ``P`` and the JVP
+        ``V -> (J_t V_t)_t`` there (for the Lyapunov sweep; None where not needed)."""
         P = _shift(z, z0)
         if not needs_jvp:
-            fz = _map_steps(f, P, xs)
+            if lyap_exact:
+                fz, jvp_all = _map_steps(f, P, xs), None
+            else:
+                fz, jvp_all = jax.linearize(lambda Z: _map_steps(f, Z, xs), P)
             if kind == "zero":
                 a = jnp.zeros((0,), dtype)
             elif method == "picard":
@@ -351,14 +323,14 @@ def _iterate(f: Flat, z0, xs, guess, *, method, structure, rtol, atol, max_iters
                 a = jnp.broadcast_to(
                     _map_steps(lambda p, x: jnp.asarray(jacobian(p, x)).astype(dtype), P, xs),
                     (T, n))
-            return P, fz, a
+            return P, fz, a, jvp_all
         fz, jvp_all = jax.linearize(lambda Z: _map_steps(f, Z, xs), P)
         per_step = _direct_per_step(jvp_all, T, n)
         if kind == "diag":
             a = _diag_from_cols(per_step, E, T, n, dtype)
         else:
             a = _blocks_from_cols(per_step(jnp.asarray(E)), structure.blocks, n)
-        return P, fz, a
+        return P, fz, a, jvp_all
 
     def check(z, fz):
         diff = jnp.abs(z - fz).astype(rdt)
@@ -369,15 +341,19 @@ def _iterate(f: Flat, z0, xs, guess, *, method, structure, rtol, atol, max_iters
         res = jnp.where(jnp.any(bad & ~jnp.isfinite(diff)), jnp.inf, res).astype(rdt)
         return res, ~jnp.any(bad)
 
-    C = -(-T // min(T, _LYAP_WINDOW))
     u0 = np.random.default_rng(20240531).standard_normal(n)
-    u0 = u0 / max(float(np.linalg.norm(u0)), 1e-300)
-    V0 = jnp.broadcast_to(jnp.asarray(u0.astype(np.dtype(dtype))), (C, n))
+    u0 = jnp.asarray((u0 / max(float(np.linalg.norm(u0)), 1e-300)).astype(np.dtype(dtype)))
+    V0 = jnp.broadcast_to(u0, (T, n))
 
-    def lyapunov(P, a, V):
+    def lyapunov(a, jvp_all, V, first):
         if lyap_exact:
             return _lyapunov_diag(a), V
-        return _lyapunov_power(f, P, xs, V)
+        sweeps = jnp.where(first, _LYAP_SWEEPS_FIRST, _LYAP_SWEEPS)
+
+        def one(_, carry):
+            return _lyapunov_sweep(jvp_all, carry[1], u0)
+
+        return lax.fori_loop(0, sweeps, one, (jnp.asarray(0, rdt), V))
 
     # The loop starts at k = -1 with Ã = 0 and f(z̃_{t-1}) := guess, so that its first pass
     # "solves" z = guess exactly and evaluates there: the evaluation, Jacobians and
@@ -402,9 +378,9 @@ def _iterate(f: Flat, z0, xs, guess, *, method, structure, rtol, atol, max_iters
         z_new = _linear_recurrence(kind, a, fz - _apply(kind, a, P, structure), z0, structure)
         # reset: non-finite only where f itself produced a non-finite value
         z_new = jnp.where(jnp.isfinite(z_new) | ~jnp.isfinite(fz), z_new, fz)
-        P, fz, a = evaluate(z_new)
+        P, fz, a, jvp_all = evaluate(z_new)
         res, ok = check(z_new, fz)
-        lam, V = lyapunov(P, a, s["V"])
+        lam, V = lyapunov(a, jvp_all, s["V"], s["k"] < 0)
         k = s["k"] + 1
         hist = s["hist"].at[k].set(res)
         stalled = ~(res < s["res"])

@@ -32,9 +32,13 @@ def sequential(step, h0, xs, length):
 
 
 def true_residual(step, h0, zs, xs):
+    """max |z_t - f(z_{t-1})|, equal non-finite values agreeing, any other non-finite inf."""
     prev = jnp.concatenate([h0[None], zs[:-1]])
     fz = jax.vmap(step)(prev, xs) if xs is not None else jax.vmap(lambda p: step(p, None))(prev)
-    return float(jnp.max(jnp.abs(zs - fz)))
+    zs, fz = np.asarray(zs), np.asarray(fz)
+    same = (np.isnan(zs) & np.isnan(fz)) | (~np.isfinite(zs) & (zs == fz))
+    diff = np.where(same, 0.0, np.abs(zs - fz))
+    return float(np.max(np.where(np.isnan(diff), np.inf, diff), initial=0.0))
 
 
 # ----------------------------------------------------------------------------- problems
@@ -78,37 +82,32 @@ def running_max(h, x, p):
 
 def make(name, T=48, seed=1):
     rng = np.random.default_rng(seed)
+    normal = lambda *shape: jnp.asarray(rng.standard_normal(shape))  # noqa: E731
     if name == "gru":
-        D = 5
-        p = gru_params(D, seed)
-        return gru, p, jnp.asarray(rng.standard_normal(D) * 0.1), jnp.asarray(rng.standard_normal((T, D)))
+        return gru, gru_params(5, seed), 0.1 * normal(5), normal(T, 5)
     if name == "tanh":
-        D = 4
-        p = {"w": jnp.asarray(rng.uniform(-1.2, 1.2, D)), "u": jnp.asarray(rng.standard_normal(D)),
-             "b": jnp.asarray(rng.standard_normal(D) * 0.1)}
-        return tanh_rnn, p, jnp.asarray(rng.standard_normal(D)), jnp.asarray(rng.standard_normal((T, D)))
+        p = {"w": jnp.asarray(rng.uniform(-1.2, 1.2, 4)), "u": normal(4), "b": 0.1 * normal(4)}
+        return tanh_rnn, p, normal(4), normal(T, 4)
     if name == "heads":
-        p = {"W": jnp.asarray(rng.standard_normal((4, 3, 3)) / np.sqrt(3))}
-        return heads_rnn, p, jnp.asarray(rng.standard_normal(12) * 0.1), jnp.asarray(rng.standard_normal((T, 12)))
-    if name == "lorenz96":
-        h0 = 8.0 * jnp.ones(5) + jnp.asarray(np.array([0.01, 0, 0, 0, 0]))
-        return lorenz96, {}, h0, jnp.zeros((200, 5))
+        return heads_rnn, {"W": normal(4, 3, 3) / np.sqrt(3)}, 0.1 * normal(12), normal(T, 12)
+    if name == "lorenz96":  # T steps from a point on the attractor (after 500 steps of spin-up)
+        h = 8.0 + rng.standard_normal(5)
+        for _ in range(500):
+            h = h + 0.01 * ((np.roll(h, -1) - np.roll(h, 2)) * np.roll(h, 1) - h + 8.0)
+        return lorenz96, {}, jnp.asarray(h), jnp.zeros((T, 5))
     if name == "leaky":
-        D = 4
-        p = {"W": jnp.asarray(rng.standard_normal((D, D)) / np.sqrt(D))}
-        return leaky, p, jnp.zeros(D), jnp.asarray(rng.standard_normal((T, D)))
+        return leaky, {"W": normal(4, 4) / 2.0}, jnp.zeros(4), normal(T, 4)
     if name == "max":
-        return running_max, {}, jnp.asarray(rng.standard_normal(3)), jnp.asarray(rng.standard_normal((T, 3)))
+        return running_max, {}, normal(3), normal(T, 3)
     raise KeyError(name)
 
 
 CASES = [
     ("gru", "deer"), ("gru", "quasi-deer"), ("gru", "jacobi"),
-    ("tanh", "deer"), ("tanh", "quasi-deer"), ("tanh", "jacobi"),
+    ("tanh", "deer"), ("tanh", "jacobi"),  # quasi-deer on a diagonal structure is deer
     ("heads", "deer"), ("heads", "quasi-deer"),
     ("lorenz96", "deer"), ("lorenz96", "quasi-deer"), ("lorenz96", "picard"),
-    ("leaky", "picard"), ("leaky", "deer"),
-    ("max", "deer"), ("max", "quasi-deer"), ("max", "jacobi"),
+    ("leaky", "picard"), ("max", "deer"), ("max", "jacobi"),
 ]
 EXPECTED = {"gru": "dense", "tanh": "diagonal", "heads": "block(3)", "lorenz96": "dense",
             "leaky": "dense", "max": "diagonal"}
@@ -116,7 +115,7 @@ EXPECTED = {"gru": "dense", "tanh": "diagonal", "heads": "block(3)", "lorenz96":
 
 @pytest.mark.parametrize("name,method", CASES)
 def test_agrees_with_loop(name, method):
-    fn, p, h0, xs = make(name)
+    fn, p, h0, xs = make(name, T=25 if name == "lorenz96" else 48)
     step = lambda h, x: fn(h, x, p)  # noqa: E731
     T = xs.shape[0]
     s = structure_of(step, h0, xs)
@@ -141,15 +140,27 @@ def test_agrees_with_loop(name, method):
         assert float(st["lyapunov"]) < 0.05
 
 
-def test_jacobi_needs_at_most_T_iterations():
-    fn, p, h0, xs = make("lorenz96")
+def test_lorenz96_long_is_honest():
+    # T=200 from the attractor (about 0.03 per step): from the default guess the iterations
+    # blow up and must stop early, saying so; from a close guess Newton converges at once.
+    fn, p, h0, xs = make("lorenz96", T=200)
     step = lambda h, x: fn(h, x, p)  # noqa: E731
-    T = 60
-    s = structure_of(step, h0, xs[:T])
-    zs, st = solve_nonlinear(step, h0, xs[:T], method="jacobi", structure=s, length=T,
-                             max_iters=T, **TOL)
-    assert bool(st["converged"]) and int(st["iterations"]) <= T
-    np.testing.assert_allclose(zs, sequential(step, h0, xs[:T], T), rtol=0, atol=1e-11)
+    T = 200
+    s = structure_of(step, h0, xs)
+    ref = sequential(step, h0, xs, T)
+    for method in ("deer", "quasi-deer", "picard", "jacobi"):
+        zs, st = solve_nonlinear(step, h0, xs, method=method, structure=s, length=T, **TOL)
+        real = true_residual(step, h0, zs, xs)
+        if bool(st["converged"]):
+            assert real <= 2 * float(st["residual"]) + 1e-15
+            np.testing.assert_allclose(zs, ref, atol=1e-9)
+        else:  # jacobi runs out of iterations (one exact step per iteration)
+            assert real > 1e-13
+            assert float(st["lyapunov"]) > 0 or method == "jacobi"
+    zs, st = solve_nonlinear(step, h0, xs, method="deer", structure=s, length=T, init=ref + 1e-3,
+                             **TOL)
+    assert bool(st["converged"]) and int(st["iterations"]) <= 3
+    np.testing.assert_allclose(zs, ref, atol=1e-10)
 
 
 @pytest.mark.parametrize("r,contractive", [(2.5, True), (3.9, False)])
@@ -169,7 +180,7 @@ def test_logistic(r, contractive):
             # chaotic: 400 steps cannot be done in <= 50 Newton iterations; the solver must
             # say so (and see the positive exponent), never claim a wrong trajectory
             assert not bool(st["converged"]), method
-            assert float(st["lyapunov"]) > 0.05 or method == "jacobi"
+            assert float(st["lyapunov"]) > 0.05, (method, st)
             assert real > 1e-13
             if method == "deer":  # stopped early, well before max_iters
                 assert int(st["iterations"]) < default_max_iters("deer", T)
@@ -265,55 +276,59 @@ def _losses(name, method, T=16):
     return par, seq, (h0, xs, p)
 
 
-@pytest.mark.parametrize("name,method", [("gru", "deer"), ("gru", "quasi-deer"),
-                                         ("tanh", "deer"), ("heads", "quasi-deer"),
-                                         ("lorenz96", "picard")])
+# derivatives depend on the structure only (the tangent solve never uses the method's Ã):
+# one case per structure, quasi-DEER where it differs from DEER; dense DEER is covered by
+# test_check_grads and test_vmap_and_jit_agree
+@pytest.mark.parametrize("name,method", [("gru", "quasi-deer"), ("tanh", "deer"),
+                                         ("heads", "quasi-deer")])
 def test_derivatives_equal_loop(name, method):
     par, seq, args = _losses(name, method)
-    g1 = jax.grad(par, argnums=(0, 1, 2))(*args)
-    g2 = jax.grad(seq, argnums=(0, 1, 2))(*args)
+    both = lambda fun: jax.jit(  # noqa: E731  reverse and forward mode, one compile
+        lambda a: (jax.grad(fun, argnums=(0, 1, 2))(*a), jax.jvp(fun, a, a)))
+    (g1, t1), (g2, t2) = both(par)(args), both(seq)(args)
     for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-11)
-    t1 = jax.jvp(par, args, args)
-    t2 = jax.jvp(seq, args, args)
     np.testing.assert_allclose(t1[0], t2[0], rtol=1e-11)
     np.testing.assert_allclose(t1[1], t2[1], rtol=1e-10)
 
 
-@pytest.mark.parametrize("method", ["deer", "quasi-deer"])
-def test_check_grads(method):
-    par, _, args = _losses("gru", method, T=6)
-    check_grads(par, args, order=1, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+def test_check_grads():
+    # quasi-DEER shares the tangent solve (compared with the loop in the test above)
+    par, _, args = _losses("gru", "deer", T=5)
+    check_grads(jax.jit(par), args, order=1, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- transformations
 
 def test_vmap_and_jit_agree():
-    fn, p, h0, xs = make("gru", T=32)
+    fn, p, h0, xs = make("gru", T=16)
     T = xs.shape[0]
     s = structure_of(lambda h, x: fn(h, x, p), h0, xs)
     rng = np.random.default_rng(7)
-    H0 = jnp.asarray(rng.standard_normal((3,) + h0.shape) * 0.3)
-    XS = jnp.asarray(rng.standard_normal((3,) + xs.shape))
-    Ws = jnp.stack([p["W"], 0.5 * p["W"], -p["W"]])
+    H0 = jnp.asarray(rng.standard_normal((2,) + h0.shape) * 0.3)
+    XS = jnp.asarray(rng.standard_normal((2,) + xs.shape))
+    Ws = jnp.stack([p["W"], -2 * p["W"]])
 
     def run(h0, xs, W):
         return solve_nonlinear(lambda h, x: fn(h, x, {"W": W, "U": p["U"]}), h0, xs,
                                method="deer", structure=s, length=T, **TOL)
 
+    def loop(h0, xs, W):
+        return sequential(lambda h, x: fn(h, x, {"W": W, "U": p["U"]}), h0, xs, T)
+
     zb, stb = jax.jit(jax.vmap(run))(H0, XS, Ws)
-    assert stb["iterations"].shape == (3,) and stb["history"].shape[0] == 3
-    for i in range(3):
-        zi, sti = run(H0[i], XS[i], Ws[i])
-        ref = sequential(lambda h, x: fn(h, x, {"W": Ws[i], "U": p["U"]}), H0[i], XS[i], T)
-        assert bool(stb["converged"][i]) and bool(sti["converged"])
-        np.testing.assert_allclose(zb[i], zi, atol=1e-12)
-        np.testing.assert_allclose(zb[i], ref, atol=1e-11)
-    # gradients under vmap
-    gb = jax.vmap(jax.grad(lambda h0, xs, W: jnp.sum(run(h0, xs, W)[0] ** 2)))(H0, XS, Ws)
-    g0 = jax.grad(lambda h0: jnp.sum(sequential(
-        lambda h, x: fn(h, x, {"W": Ws[0], "U": p["U"]}), h0, XS[0], T) ** 2))(H0[0])
-    np.testing.assert_allclose(gb[0], g0, rtol=1e-10, atol=1e-12)
+    z1, st1 = jax.jit(run)(H0[1], XS[1], Ws[1])
+    np.testing.assert_allclose(zb[1], z1, atol=1e-12)
+    assert int(st1["iterations"]) == int(stb["iterations"][1])
+    assert stb["iterations"].shape == (2,) and stb["history"].shape[0] == 2
+    assert bool(jnp.all(stb["converged"]))
+    np.testing.assert_allclose(zb, jax.vmap(loop)(H0, XS, Ws), atol=1e-11)
+    # gradients under vmap (w.r.t. h0, xs and the closed-over W)
+    loss = lambda fun: lambda h0, xs, W: jnp.sum(fun(h0, xs, W) ** 2)  # noqa: E731
+    gp = jax.jit(jax.vmap(jax.grad(loss(lambda *a: run(*a)[0]), argnums=(0, 1, 2))))(H0, XS, Ws)
+    gs = jax.jit(jax.vmap(jax.grad(loss(loop), argnums=(0, 1, 2))))(H0, XS, Ws)
+    for a, b in zip(gp, gs):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_float32_and_complex():
