@@ -141,6 +141,9 @@ def _random_step(draw_ops, n):
         "pairs": lambda h: (h.reshape(-1, 2) @ jnp.array([[1.0, 0.5], [0.0, 1.0]])).reshape(-1),
         "gather": lambda h: h[jnp.array([(i * 3) % n for i in range(n)])],
         "max": lambda h: jnp.maximum(h, h[::-1]),
+        "scatter": lambda h: h.at[np.array([(i * 5) % n for i in range(n)])].set(jnp.tanh(h)),
+        "scatter_dup": lambda h: h.at[np.array([0, 0, 1])].add(h[1:4] * h[:3]),
+        "where_known": lambda h: jnp.where(jnp.arange(n) % 2 == 0, h, h[::-1] ** 2),
     }
 
     def step(h, x):
@@ -151,7 +154,8 @@ def _random_step(draw_ops, n):
 
 
 @given(st.lists(st.sampled_from(["tanh", "roll", "flip", "mix01", "sum", "sq", "cumsum",
-                                 "sort", "pairs", "gather", "max"]), min_size=1, max_size=4),
+                                 "sort", "pairs", "gather", "max", "scatter", "scatter_dup",
+                                 "where_known"]), min_size=1, max_size=4),
        st.integers(0, 1000))
 def test_sparsity_is_sound(ops, seed):
     """Every nonzero of the true Jacobian at random points lies inside the pattern, and

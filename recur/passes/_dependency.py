@@ -59,6 +59,9 @@ REDUCTIONS = frozenset(
     .split())
 CUMULATIVE = frozenset("cumsum cumprod cummax cummin cumlogsumexp".split())
 CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+SCATTERS = frozenset({"scatter", "scatter-add", "scatter_add", "scatter-mul", "scatter_mul",
+                      "scatter-min", "scatter_min", "scatter-max", "scatter_max",
+                      "scatter-sub", "scatter_sub"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +239,27 @@ def _movement(eqn, ins, known, n):
             if ins[1] is not None:
                 out[idx.reshape(out.shape[:-1]) < 0] |= ins[1].reshape(n)
             return [out]
+        if name in SCATTERS and known[1] is not None and len(eqn.invars) == 3:
+            # scatter at known indices: where every update element lands, by the index
+            # trick on a replace-scatter with the same dimension numbers; valid only when
+            # every update lands in a place of its own (no duplicate indices)
+            op_shape, upd_shape = _shape(eqn.invars[0]), _shape(eqn.invars[2])
+            size = _size(op_shape)
+            params = {k: eqn.params[k] for k in ("dimension_numbers", "indices_are_sorted",
+                                                 "unique_indices", "mode")}
+            idx = np.asarray(jax.lax.scatter_p.bind(
+                jnp.asarray(_iota(op_shape)), jnp.asarray(known[1]),
+                jnp.asarray(_iota(upd_shape, size)), update_jaxpr=None, update_consts=(),
+                **params))
+            landed = np.unique(idx[idx >= size])
+            if len(landed) != _size(upd_shape):
+                return _full(eqn, ins, n)
+            op_flat = _as_flat(ins[0], op_shape, n)
+            flat = np.concatenate([op_flat, _as_flat(ins[2], upd_shape, n)])
+            out = _gather_rows(flat, idx, n, _shape(eqn.outvars[0]))
+            if name != "scatter":  # combining scatters keep the operand's value too
+                out |= op_flat.reshape(out.shape)
+            return [out]
         if name in ("dynamic_slice", "gather", "dynamic_update_slice"):
             n_data = 2 if name == "dynamic_update_slice" else 1
             index_vals = known[n_data:]
@@ -406,12 +430,25 @@ def _scan(eqn, ins, known, n):
     return _full(eqn, ins, n)
 
 
+def _select_known(eqn, ins, known, n):
+    """``select_n`` with a predicate known at trace time reads only the chosen case."""
+    which = np.broadcast_to(np.asarray(known[0]).astype(np.int64), _shape(eqn.outvars[0]))
+    out = np.zeros(_shape(eqn.outvars[0]) + (n,), bool)
+    for case, d in enumerate(ins[1:]):
+        if d is not None:
+            term = np.broadcast_to(d, out.shape) if d.shape[:-1] == () else d
+            out |= term & (which == case)[..., None]
+    return [out]
+
+
 def _rule(eqn, ins, known, n):
     name = eqn.primitive.name
+    if name == "select_n" and known[0] is not None and ins[0] is None:
+        return _select_known(eqn, ins, known, n)
     if name in ELEMENTWISE:
         return _elementwise(eqn, ins, n)
     if name in MOVEMENT or name in ("concatenate", "stack", "pad", "dynamic_slice", "gather",
-                                    "dynamic_update_slice", "split"):
+                                    "dynamic_update_slice", "split") or name in SCATTERS:
         return _movement(eqn, ins, known, n)
     if name in REDUCTIONS:
         return _reduction(eqn, ins, n)
