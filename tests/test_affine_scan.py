@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
@@ -54,6 +54,7 @@ def test_scan_equals_loop(c):
         assert p.stages[0].jacobian == case.expected_jacobian
 
 
+@settings(max_examples=8)
 @given(cases.filter(lambda c: 1 <= c["T"] <= 257))
 def test_scan_gradients_equal_loop(c):
     case = make_case(c["seed"], c["structure"], n=c["n"], k=c["k"], T=c["T"], dtype=np.float64,

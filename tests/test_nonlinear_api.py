@@ -1,0 +1,115 @@
+"""The iterative methods through the public API: pytree states, MCMC, fallbacks, derivatives."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import recur
+
+
+def loop(fn, h0, xs, params=None, length=None):
+    def body(h, x):
+        h = fn(h, x, params) if params is not None else fn(h, x)
+        return h, h
+    return jax.lax.scan(body, h0, xs, length=length)[1]
+
+
+def close(a, b, tol):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
+
+
+RNG = np.random.default_rng(0)
+W_LSTM = jnp.asarray(RNG.standard_normal((16, 7)) / np.sqrt(7))
+
+
+def lstm(h, x):
+    hh, c = h
+    i, f, o, g = jnp.split(W_LSTM @ jnp.concatenate([hh, x]), 4)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    return jnp.tanh(c) * jax.nn.sigmoid(o), c
+
+
+@pytest.mark.parametrize("method", ["deer", "quasi-deer"])
+def test_lstm_tuple_state(method):
+    xs = jnp.asarray(RNG.standard_normal((64, 3)))
+    h0 = (jnp.zeros(4), jnp.zeros(4))
+    hs, info = recur.scan(lstm, h0, xs, method=method, rtol=1e-12, atol=1e-12,
+                          return_info=True)
+    assert isinstance(hs, tuple) and bool(info.converged) and not bool(info.fell_back)
+    close(hs, loop(lstm, h0, xs), 1e-10)
+    g = jax.grad(lambda xs: jnp.sum(recur.scan(lstm, h0, xs, method=method)[1] ** 2))(xs)
+    g_ref = jax.grad(lambda xs: jnp.sum(loop(lstm, h0, xs)[1] ** 2))(xs)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-8, atol=1e-10)
+
+
+def banana_logp(z):
+    return -0.5 * (z[0] ** 2 / 4.0 + (z[1] - 0.25 * z[0] ** 2) ** 2)
+
+
+def mala(h, x, step_size):
+    noise, u = x
+    grad = jax.grad(banana_logp)
+    prop = h + step_size * grad(h) + jnp.sqrt(2 * step_size) * noise
+
+    def log_q(a, b):  # log q(a | b)
+        return -jnp.sum((a - b - step_size * grad(b)) ** 2) / (4 * step_size)
+    log_alpha = banana_logp(prop) - banana_logp(h) + log_q(h, prop) - log_q(prop, h)
+    return jnp.where(jnp.log(u) < log_alpha, prop, h)
+
+
+def test_mala_chain_with_pre_drawn_noise_and_where_accept():
+    T = 80
+    xs = (jnp.asarray(RNG.standard_normal((T, 2))), jnp.asarray(RNG.uniform(size=T)))
+    h0 = jnp.array([0.5, -0.3])
+    plan = recur.plan(mala, h0, xs, jnp.asarray(0.1), backend="gpu")
+    assert plan.kind == "nonlinear"  # accept reads the state through the predicate
+    for method in ("deer", "quasi-deer", "jacobi"):
+        hs, info = recur.scan(mala, h0, xs, jnp.asarray(0.1), method=method,
+                              return_info=True)
+        ref = loop(mala, h0, xs, jnp.asarray(0.1))
+        # either converged to the loop's chain, or fell back to it: never a wrong chain
+        close(hs, ref, 1e-8)
+        assert bool(info.converged) or bool(info.fell_back)
+
+
+def test_running_max_and_hidden_dependences_give_the_loop_answer():
+    xs = jnp.asarray(RNG.standard_normal((50, 3)))
+    for fn in (lambda h, x: jnp.maximum(h, x),
+               lambda h, x: 0.5 * h + jax.lax.stop_gradient(0.1 * h ** 2) + x):
+        for method in ("deer", "quasi-deer"):
+            hs, info = recur.scan(fn, jnp.zeros(3), xs, method=method, return_info=True)
+            close(hs, loop(fn, jnp.zeros(3), xs), 1e-9)
+
+
+def test_chaotic_logistic_falls_back_and_reports_lyapunov():
+    hs, info = recur.scan(lambda h, x: 3.9 * h * (1 - h), jnp.array([0.3]), None, length=300,
+                          method="deer", return_info=True)
+    assert bool(info.fell_back) and float(info.lyapunov) > 0
+    close(hs, loop(lambda h, x: 3.9 * h * (1 - h), jnp.array([0.3]), None, length=300), 0)
+    hs, info = recur.scan(lambda h, x: 2.5 * h * (1 - h), jnp.array([0.3]), None, length=300,
+                          method="deer", return_info=True)
+    assert bool(info.converged) and float(info.lyapunov) < 0
+
+
+def test_vmap_jit_and_forward_mode():
+    W = jnp.asarray(RNG.standard_normal((3, 3)) * 0.4)
+
+    def step(h, x, W):
+        return jnp.tanh(W @ h + x)
+    xs = jnp.asarray(RNG.standard_normal((2, 30, 3)))
+    run = jax.jit(jax.vmap(lambda xs: recur.scan(step, jnp.zeros(3), xs, W, method="deer")))
+    out = run(xs)
+    for i in range(2):
+        close(out[i], loop(step, jnp.zeros(3), xs[i], W), 1e-10)
+    _, t_par = jax.jvp(lambda W: recur.scan(step, jnp.zeros(3), xs[0], W, method="deer"),
+                       (W,), (jnp.ones_like(W),))
+    _, t_seq = jax.jvp(lambda W: loop(step, jnp.zeros(3), xs[0], W), (W,), (jnp.ones_like(W),))
+    close(t_par, t_seq, 1e-9)
+
+
+def test_raise_on_failure():
+    with pytest.raises(recur.ConvergenceError):
+        recur.scan(lambda h, x: 3.9 * h * (1 - h), jnp.array([0.3]), None, length=300,
+                   method="deer", on_failure="raise")
