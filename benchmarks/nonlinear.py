@@ -120,6 +120,10 @@ def main(argv=None):
                   f"res {rec['residual']:.1e} err {err:.1e} "
                   f"{rec['median_s'] * 1e3:8.2f} ms (lax.scan {t_loop * 1e3:.2f} ms, "
                   f"ratio {t_loop / rec['median_s']:.2f}x) compile {compile_s:.2f}s", flush=True)
+    print("auto / fastest of recur's methods (same run; target <= 1.1 on CPU):")
+    for name in dict.fromkeys(r["workload"] for r in records):
+        ours = {r["method"]: r["median_s"] for r in records if r["workload"] == name}
+        print(f"  {name:16s} {ours['auto'] / min(ours.values()):.2f}")
     if args.out:
         dev = jax.devices()[0]
         with open(args.out, "w") as fh:
