@@ -89,7 +89,7 @@ def main(argv=None):
     T_gru = 512 if args.quick else 4096
     problems = [(f"gru D={D}", *gru_problem(D, T_gru), T_gru, 1e-5)
                 for D in ((8,) if args.quick else (8, 16, 32))]
-    problems.append((f"lstm D=8", *lstm_problem(8, T_gru), T_gru, 1e-5))
+    problems.append(("lstm D=8", *lstm_problem(8, T_gru), T_gru, 1e-5))
     problems.append(("lorenz96", *lorenz96_problem(1000), 1000, 1e-5))
     problems += [(f"logistic r={r}", *logistic_problem(1000, r), 1000, 1e-5) for r in (2.5, 3.9)]
     records = []

@@ -37,7 +37,6 @@ def make_case(seed: int, structure: str, *, n: int, k: int = 2, T: int, dtype=np
               with_params: bool = True) -> AffineCase:
     rng = np.random.default_rng(seed)
     cplx = np.dtype(dtype).kind == "c"
-    rdt = np.float32 if np.dtype(dtype) in (np.float32, np.complex64) else np.float64
 
     def rand(*shape, scale=1.0):
         v = rng.standard_normal(shape) * scale

@@ -23,7 +23,7 @@ import sympy as sp
 from . import _ast as A
 from ._check import Checked
 from ._functions import ELEMENTWISE_UNARY, FUNCTIONS
-from ._symbolic import (Info, Symbolic, _fname, _subs_str, analyze, classify, data_args,
+from ._symbolic import (Info, Symbolic, _fname, _subs_str, classify, data_args,
                         meta_of, sym_shape, SHAPED)
 
 __all__ = ["generate"]

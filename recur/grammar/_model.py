@@ -8,11 +8,11 @@ from typing import Any, Callable, Optional
 
 from .._errors import DSLError
 from . import _ast as A
-from ._check import Checked, check
+from ._check import check
 from ._codegen import generate
 from ._diag import dsl_error
 from ._parser import parse
-from ._symbolic import Symbolic, build_symbolic
+from ._symbolic import build_symbolic
 
 __all__ = ["RecModel", "load_model", "compile_source", "recurrence_names"]
 
