@@ -154,8 +154,8 @@ def test_methods_and_options_are_checked():
         recur.scan(tanh_step, jnp.zeros(2), jnp.ones((3, 2)), method="scan")
     with pytest.raises(recur.PlanError, match="unknown method"):
         recur.scan(tanh_step, jnp.zeros(2), jnp.ones((3, 2)), method="fast")
-    with pytest.raises(recur.PlanError, match="not available"):
-        recur.scan(tanh_step, jnp.zeros(2), jnp.ones((3, 2)), method="elk")
+    with pytest.raises(recur.PlanError, match="window must be a positive"):
+        recur.scan(tanh_step, jnp.zeros(2), jnp.ones((3, 2)), method="deer", window=0)
     with pytest.raises(recur.PlanError, match="unknown option"):
         recur.scan(tanh_step, jnp.zeros(2), jnp.ones((3, 2)), tolerance=1e-3)
     with pytest.raises(recur.PlanError, match="on_failure"):

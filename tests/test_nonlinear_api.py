@@ -113,3 +113,20 @@ def test_raise_on_failure():
     with pytest.raises(recur.ConvergenceError):
         recur.scan(lambda h, x: 3.9 * h * (1 - h), jnp.array([0.3]), None, length=300,
                    method="deer", on_failure="raise")
+
+
+def test_elk_and_windows_through_the_api():
+    F, dt = 8.0, 0.01
+
+    def l96(h, x):
+        return h + dt * ((jnp.roll(h, -1) - jnp.roll(h, 2)) * jnp.roll(h, 1) - h + F)
+    h0 = jnp.asarray(F + np.random.default_rng(2).standard_normal(5))
+    ref = loop(l96, h0, None, length=120)
+    hs, info = recur.scan(l96, h0, None, length=120, method="deer", window=24,
+                          return_info=True)
+    assert bool(info.converged) and not bool(info.fell_back)
+    np.testing.assert_allclose(hs, ref, rtol=1e-6, atol=1e-6)
+    hs, info = recur.scan(l96, h0, None, length=120, method="elk", return_info=True)
+    close(hs, ref, 1e-6)  # converged or fell back: never a wrong trajectory
+    with pytest.raises(recur.PlanError, match="window"):
+        recur.scan(l96, h0, None, length=120, method="elk", window=8)

@@ -42,12 +42,13 @@ from ._structure import Structure, analyse_structure
 from ._trace import StepIR
 from ._verify import Verification, verify
 
-ITERATIVE = ("deer", "quasi-deer", "picard", "jacobi")
+ITERATIVE = ("deer", "quasi-deer", "picard", "jacobi", "elk", "quasi-elk")
 METHODS = ("auto", "sequential", "scan") + ITERATIVE
-NOT_YET = ("elk",)
+NOT_YET: tuple[str, ...] = ()
+WINDOW_METHODS = ("deer", "quasi-deer", "picard", "jacobi")
 ON_FAILURE = ("sequential", "raise", "ignore")
 OPTIONS = ("rtol", "atol", "max_iters", "on_failure", "init", "jacobian", "check", "verify",
-           "chunk", "memory_limit")
+           "chunk", "memory_limit", "window")
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -64,6 +65,8 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
             raise PlanError(f"{key} must be a non-negative number, got {out[key]!r}.")
     if "max_iters" in out and out["max_iters"] is not None and int(out["max_iters"]) < 0:
         raise PlanError(f"max_iters must be non-negative, got {out['max_iters']!r}.")
+    if out.get("window") is not None and int(out["window"]) < 1:
+        raise PlanError(f"window must be a positive integer, got {out['window']!r}.")
     if "chunk" in out and out["chunk"] is not None and int(out["chunk"]) < 1:
         raise PlanError(f"chunk must be a positive integer, got {out['chunk']!r}.")
     return out
@@ -194,9 +197,11 @@ def _evidence(kind: str, reasons, checked: Verification, staged: bool) -> str:
     return "not affine in h: " + "; ".join(f"{name} through {r}" for name, r in reasons)
 
 
-EXPECTED_ITERATIONS = {"deer": 5, "quasi-deer": 14, "picard": 50, "jacobi": 50}
+EXPECTED_ITERATIONS = {"deer": 5, "quasi-deer": 14, "picard": 50, "jacobi": 50, "elk": 5,
+                       "quasi-elk": 14}
 _A_TILDE = {"deer": "the true Jacobian", "quasi-deer": "diag of the Jacobian",
-            "picard": "identity", "jacobi": "zero"}
+            "picard": "identity", "jacobi": "zero", "elk": "the true Jacobian, damped",
+            "quasi-elk": "diag of the Jacobian, damped"}
 
 
 def _estimates(method: str, structure: Structure, T: int, n: int, itemsize: int):
@@ -205,7 +210,7 @@ def _estimates(method: str, structure: Structure, T: int, n: int, itemsize: int)
     if method in ITERATIVE:
         base = dict(_estimates("scan", structure, T, n, itemsize))
         iters = min(EXPECTED_ITERATIONS[method], max(T, 1))
-        if method != "deer":
+        if method not in ("deer", "elk"):
             base["memory"] = T * 3 * n * itemsize
         return (("Ã", _A_TILDE[method]), ("expected iterations", iters),
                 ("work", iters * base["work"]), ("depth", iters * base["depth"]),
@@ -262,6 +267,9 @@ _ITERATIVE_WHY = {
     "quasi-deer": "quasi-Newton iterations with the exact diagonal of the Jacobian",
     "picard": "Picard sweeps (Ã = I), for steps of the form h + g(h, x)",
     "jacobi": "Jacobi sweeps (Ã = 0), one parallel evaluation of the step each",
+    "elk": "damped Newton (Levenberg-Marquardt via a parallel Kalman smoother) with the "
+           "true Jacobians",
+    "quasi-elk": "damped quasi-Newton (Kalman smoother) with the diagonal of the Jacobian",
 }
 _DEER_DENSE_MAX = 64
 
@@ -376,6 +384,10 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
               options: dict[str, Any] | None = None) -> Plan:
     options = check_options(options or {})
     _check_method(method)
+    if options.get("window") is not None:
+        for m in (method.values() if isinstance(method, dict) else [method]):
+            if m in ITERATIVE and m not in WINDOW_METHODS:
+                raise PlanError(f"window= works with {', '.join(WINDOW_METHODS)}, not {m!r}.")
     if backend is None:
         import jax
         backend = jax.default_backend()
