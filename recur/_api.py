@@ -40,7 +40,9 @@ def plan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
          backend: str | None = None, mesh: Any = None, axis_name: str | None = None,
          **options: Any) -> Plan:
     """Analyse ``fn`` and return the ``Plan`` recur would run (shapes/dtypes suffice:
-    arrays or ``jax.ShapeDtypeStruct``s)."""
+    arrays or ``jax.ShapeDtypeStruct``s).  With concrete arrays and a step that is not
+    affine, the plan also notes the largest Lyapunov exponent along the sequential
+    trajectory of those values (one run of the loop)."""
     _no_sharding(mesh, axis_name)
     ir = trace_step(fn, h0, xs, params, length=length, reverse=reverse)
     if method == "autotune":
@@ -53,7 +55,20 @@ def plan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
                               backend)
         the_plan = make_plan(ir, method=chosen, backend=backend, options=options)
         return dataclasses.replace(the_plan, notes=the_plan.notes + (note,))
-    return make_plan(ir, method=method, backend=backend, options=options)
+    the_plan = make_plan(ir, method=method, backend=backend, options=options)
+    if the_plan.kind not in ("linear", "affine") and _all_arrays((h0, xs, params)):
+        from ._contractivity import lyapunov_along_loop
+        lam = lyapunov_along_loop(ir, _as_arrays(h0), None if xs is None else _as_arrays(xs),
+                                  None if params is None else _as_arrays(params))
+        if lam is not None:
+            verdict = ("contractive: the iterative methods should converge quickly"
+                       if lam < 0 else
+                       "chaotic: the iterative methods will likely fall back to the loop"
+                       if lam > 0.05 else "marginal: convergence may be slow")
+            the_plan = dataclasses.replace(the_plan, notes=the_plan.notes + (
+                f"largest Lyapunov exponent along the sequential trajectory of these values: "
+                f"{lam:.3g} per step ({verdict})",))
+    return the_plan
 
 
 def _all_arrays(tree) -> bool:

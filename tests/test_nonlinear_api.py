@@ -130,3 +130,15 @@ def test_elk_and_windows_through_the_api():
     close(hs, ref, 1e-6)  # converged or fell back: never a wrong trajectory
     with pytest.raises(recur.PlanError, match="window"):
         recur.scan(l96, h0, None, length=120, method="elk", window=8)
+
+
+def test_plan_reports_contractivity_from_concrete_values():
+    for r, sign in ((2.5, -1), (3.9, 1)):
+        plan = recur.plan(lambda h, x: r * h * (1 - h), jnp.array([0.3]), None, length=400)
+        (note,) = [n for n in plan.notes if "Lyapunov" in n]
+        lam = float(note.split(": ")[1].split()[0])
+        assert np.sign(lam) == sign
+        assert "explain" and note in plan.explain()
+    shapes_only = recur.plan(lambda h, x: 3.9 * h * (1 - h),
+                             jax.ShapeDtypeStruct((1,), jnp.float64), None, length=400)
+    assert not any("Lyapunov" in n for n in shapes_only.notes)
