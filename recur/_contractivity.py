@@ -53,7 +53,8 @@ def lyapunov_along_loop(ir: StepIR, h0: Any, xs: Any, params: Any) -> float | No
         _, logs = jax.lax.scan(body, (z0, v0), x_leaves if x_leaves else None,
                                length=ir.length)
         finite = jnp.isfinite(logs)
-        return jnp.sum(jnp.where(finite, logs, 0)) / jnp.maximum(jnp.sum(finite), 1)
+        count = jnp.maximum(jnp.sum(finite).astype(logs.dtype), 1)
+        return jnp.sum(jnp.where(finite, logs, 0)) / count
 
     value = float(run(z0, v0, x_leaves, p_leaves))
     return value if np.isfinite(value) else None
