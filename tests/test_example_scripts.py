@@ -13,8 +13,6 @@ import time
 
 import pytest
 
-pytest.importorskip("matplotlib")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # name -> tolerance on the AGREEMENT difference
