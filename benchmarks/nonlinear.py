@@ -129,6 +129,7 @@ def main(argv=None):
         with open(args.out, "w") as fh:
             json.dump({"device": dev.device_kind, "platform": dev.platform,
                        "jax": jax.__version__, "records": records}, fh, indent=1)
+    return records
 
 
 def _timed(fn, *a):
