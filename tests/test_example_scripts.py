@@ -20,6 +20,8 @@ SCRIPTS = {
     "train_gru": 1e-4,        # float32 gradients (largest entry ~0.6)
     "lru_layer": 1e-4,        # float32 / complex64 outputs
     "kalman_tracking": 1e-9,  # float64 (x64 enabled), against numpy and the loop
+    "gated_linear_attention": 1e-4,  # float32 outputs up to ~40, and the .rec model
+    "multihead_rnn": 1e-4,    # float32 states; gradients relative to the largest entry
     "mala_banana": 1e-3,      # float32 chain: converged to rtol, values up to ~5
     "chaos": 1e-4,            # float32; the chaotic case falls back (exact)
 }
