@@ -233,14 +233,14 @@ def cmd_bench(args) -> int:
     table = Table(title=f"recur bench {rec.model.name}: T={T}, {device.platform} "
                         f"({device.device_kind})")
     for col in ("method", "ran", "median ms", "min ms", "max ms", "compile s", "residual",
-                "max |diff|", "vs sequential"):
+                "fell back", "max |diff|", "vs sequential"):
         table.add_column(col)
     seq = next((r["median_s"] for r in records if r["method"] == "sequential"), None)
     for r in records:
         table.add_row(r["method"], r["ran"], f"{r['median_s'] * 1e3:.3f}",
                       f"{r['min_s'] * 1e3:.3f}", f"{r['max_s'] * 1e3:.3f}",
                       f"{r['compile_s']:.2f}", f"{r['residual']:.2e}",
-                      f"{r['max_abs_diff']:.2e}",
+                      "yes" if r["fell_back"] else "no", f"{r['max_abs_diff']:.2e}",
                       f"{seq / r['median_s']:.2f}x" if seq else "-")
     out = _console()
     out.print(table)
