@@ -43,3 +43,15 @@ def test_explain_json_and_run_check_round_trip(tmp_path):
         assert data["h"].shape == (16, 8)
     r = run("run", str(EXAMPLES / "ema.rec"), "--inputs", str(xs), "--out", str(xs))
     assert r.returncode == 1 and "never overwrites" in r.stderr
+
+
+def test_bench_table_json_and_plot(tmp_path):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    r = run("bench", str(EXAMPLES / "ema.rec"), "--length", "200", "--reps", "1",
+            "--methods", "sequential,scan", "--json", str(out_json), "--plot", str(out_png))
+    assert r.returncode == 0, r.stderr
+    assert "recur bench ema" in r.stdout and "fell back" in r.stdout
+    records = json.loads(out_json.read_text())["records"]
+    assert [rec["method"] for rec in records] == ["sequential", "scan", "auto"]
+    assert all(rec["max_abs_diff"] < 1e-5 for rec in records)
+    assert out_png.stat().st_size > 1000
