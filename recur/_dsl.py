@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Any
@@ -10,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from ._api import Recurrence, plan, scan
-from ._errors import DSLError
+from ._errors import DSLError, PlanError
 from .grammar import RecModel, compile_source, load_model
 
 
@@ -67,8 +68,9 @@ class DSLRecurrence(Recurrence):
              **options: Any):
         method, options = self._merged(method, options)
         h0, xs, p, length = self._args(h0, xs, params, length)
-        return scan(self.fn, h0, xs, p, length=length, reverse=reverse, method=method,
-                    return_info=return_info, **options)
+        with _declared_names_in_errors(self.model):
+            return scan(self.fn, h0, xs, p, length=length, reverse=reverse, method=method,
+                        return_info=return_info, **options)
 
     def plan(self, h0: Any = None, xs: Any = None, params: Any = None, *,
              length: int | None = None, reverse: bool = False, method: str | None = None,
@@ -89,9 +91,10 @@ class DSLRecurrence(Recurrence):
             params = {k: jax.ShapeDtypeStruct(tuple(s), model.dtype)
                       for k, s in model.params.items()}
         xs, length = self._inputs(xs, length if length is not None or model.inputs else 1)
-        the_plan = plan(self.fn, h0, xs, params, length=length, reverse=reverse,
-                        method=method, backend=backend, mesh=mesh, axis_name=axis_name,
-                        **options)
+        with _declared_names_in_errors(model):
+            the_plan = plan(self.fn, h0, xs, params, length=length, reverse=reverse,
+                            method=method, backend=backend, mesh=mesh, axis_name=axis_name,
+                            **options)
         return _declared_names(the_plan, model)
 
     def __repr__(self) -> str:
@@ -116,6 +119,16 @@ def _declared_names(the_plan, model: RecModel):
         edges=tuple((rn(u), rn(v), w) for u, v, w in the_plan.edges),
         state_sizes=tuple((rn(n), s) for n, s in the_plan.state_sizes),
         state_kinds=tuple((rn(n), k) for n, k in the_plan.state_kinds))
+
+
+@contextlib.contextmanager
+def _declared_names_in_errors(model: RecModel):
+    """Plan errors name DSL states by their declared names, as plans do."""
+    try:
+        yield
+    except PlanError as exc:
+        names = {f"[{k!r}]": k for k in model.states}
+        raise PlanError(_rename_text(str(exc), names)) from None
 
 
 def _rename_text(text: str, names: dict[str, str]) -> str:

@@ -85,3 +85,9 @@ def test_dsl_errors_are_recur_errors():
         recur.loads("recurrence r\nstate hh = 0\nhh' = h + 1\n")
     with pytest.raises(recur.DSLError):
         recur.load("/nonexistent/model.rec")
+
+
+def test_plan_errors_use_declared_names():
+    rec = recur.loads("recurrence r\nparam r = 3.9\nstate x = 0.5\nx' = r * x * (1 - x)\n")
+    with pytest.raises(recur.PlanError, match=r"stage of x: x is nonlinear"):
+        rec.scan(rec.init(), None, length=5, method="scan")
