@@ -383,9 +383,10 @@ def _or(a, b):
 
 
 def _same(a, b) -> bool:
+    """Equal dependency arrays, where None means "depends on nothing"."""
     if a is None or b is None:
-        return a is None and b is None or (
-            (a if a is not None else b) is not None and not (a if a is not None else b).any())
+        other = b if a is None else a
+        return other is None or not other.any()
     return bool(np.array_equal(a, b))
 
 

@@ -411,6 +411,7 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
             raise PlanError(f"method dict names {', '.join(unknown)}, which is no stage's "
                             f"state; the stages hold {', '.join(sorted(known))}.")
     staged = len(groups) > 1
+    leaf_reads, edges = _leaf_reads(ir, pattern)
     stages, data, notes, verification_text = [], [], [], []
     for index, elements in enumerate(groups):
         sub = pattern[np.ix_(elements, elements)]
@@ -435,7 +436,7 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
                                               dtype.itemsize),
             budget=memory_budget(backend, options.get("memory_limit")),
             structure_name=jac, n=len(elements))
-        reads = tuple((leaf_name, tuple(r)) for leaf_name, r in _leaf_reads(ir, pattern)[0]
+        reads = tuple((leaf_name, tuple(r)) for leaf_name, r in leaf_reads
                       if any(leaf_name == n.split("[")[0] or leaf_name == n for n in names))
         stages.append(Stage(
             states=names, kind=kind, jacobian=jac, method=chosen, reads=reads,
@@ -448,7 +449,6 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
             f"stage {index}: structure {checked.structure_ok}, affine {checked.affine_ok}, "
             f"scalar {checked.scalar}" + "".join(f"\n  {n}" for n in checked.notes))
     methods = {st.method for st in stages}
-    _, edges = _leaf_reads(ir, pattern)
     passes = (
         ("trace", str(ir.jaxpr)),
         ("dependency", _print_pattern(ir, sparsity)),
