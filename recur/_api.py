@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from ._errors import PlanError
 from ._info import Info
 from ._plan import Plan
+from .passes._layout import attach_layout
 from .passes._lower import make_plan
 from .passes._trace import trace_step
 from .runtime._program import execute
@@ -29,10 +30,43 @@ def _as_arrays(tree: Any) -> Any:
     return jax.tree_util.tree_map(conv, tree)
 
 
-def _no_sharding(mesh, axis_name) -> None:
-    if mesh is not None or axis_name is not None:
-        raise PlanError("mesh=/axis_name= (sequence-parallel execution across devices) is not "
-                        "available in this version; run on one device.")
+def _time_axis_of(leaf) -> tuple[Any, str] | None:
+    """``(mesh, axis)`` when ``leaf`` is sharded along its leading axis over > 1 device."""
+    shardings = []
+    if not isinstance(leaf, jax.core.Tracer):
+        shardings.append(getattr(leaf, "sharding", None))
+    try:  # explicit sharding is visible in the type, also under jit
+        shardings.append(jax.typeof(leaf).sharding)
+    except Exception:  # noqa: BLE001 - no type-level sharding for this value
+        pass
+    for sh in shardings:
+        spec = getattr(sh, "spec", None)
+        if not isinstance(sh, jax.sharding.NamedSharding) or not spec or spec[0] is None:
+            continue
+        name = spec[0]
+        if isinstance(name, tuple):
+            if len(name) != 1:
+                continue
+            name = name[0]
+        if int(dict(sh.mesh.shape).get(name, 1)) > 1:
+            return sh.mesh, name
+    return None
+
+
+def _with_layout(the_plan: Plan, xs: Any, mesh: Any, axis_name: str | None) -> Plan:
+    """Split the plan's time axis over devices when asked (``mesh``/``axis_name``) or when
+    the inputs are visibly sharded along time."""
+    if mesh is None and axis_name is None:
+        found = [a for a in map(_time_axis_of, jax.tree_util.tree_leaves(xs)) if a]
+        if not found:
+            return the_plan
+        mesh, axis_name = found[0]
+    elif mesh is None:
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh is None or getattr(mesh, "empty", True):
+            raise PlanError(f"axis_name={axis_name!r} needs a mesh: pass mesh= or set one with "
+                            "jax.set_mesh(mesh).")
+    return attach_layout(the_plan, mesh, axis_name)
 
 
 def plan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
@@ -43,9 +77,11 @@ def plan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
     arrays or ``jax.ShapeDtypeStruct``s).  With concrete arrays and a step that is not
     affine, the plan also notes the largest Lyapunov exponent along the sequential
     trajectory of those values (one run of the loop)."""
-    _no_sharding(mesh, axis_name)
     ir = trace_step(fn, h0, xs, params, length=length, reverse=reverse)
     if method == "autotune":
+        if mesh is not None or axis_name is not None:
+            raise PlanError("method='autotune' times candidates on one device; pick a method "
+                            "for a plan across devices.")
         from ._autotune import choose
         if not _all_arrays((h0, xs, params)):
             raise PlanError("method='autotune' times the candidates, so plan() needs arrays "
@@ -55,7 +91,8 @@ def plan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
                               backend)
         the_plan = make_plan(ir, method=chosen, backend=backend, options=options)
         return dataclasses.replace(the_plan, notes=the_plan.notes + (note,))
-    the_plan = make_plan(ir, method=method, backend=backend, options=options)
+    the_plan = _with_layout(make_plan(ir, method=method, backend=backend, options=options),
+                            xs, mesh, axis_name)
     if the_plan.kind not in ("linear", "affine") and _all_arrays((h0, xs, params)):
         from ._contractivity import lyapunov_along_loop
         lam = lyapunov_along_loop(ir, _as_arrays(h0), None if xs is None else _as_arrays(xs),
@@ -81,16 +118,18 @@ def scan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
          **options: Any) -> Any | tuple[Any, Info]:
     """All ``T`` states of ``h_t = fn(h_{t-1}, xs[t][, params])``, stacked along a leading
     axis; with ``return_info=True`` also an ``Info`` of what ran."""
-    _no_sharding(mesh, axis_name)
     ir = trace_step(fn, h0, xs, params, length=length, reverse=reverse)
     h0 = _as_arrays(h0)
     xs = None if xs is None else _as_arrays(xs)
     params = None if params is None else _as_arrays(params)
     note = None
     if method == "autotune":
+        if mesh is not None or axis_name is not None:
+            raise PlanError("method='autotune' times candidates on one device; pick a method "
+                            "for a plan across devices.")
         from ._autotune import choose
         method, note = choose(ir, h0, xs, params, options)
-    the_plan = make_plan(ir, method=method, options=options)
+    the_plan = _with_layout(make_plan(ir, method=method, options=options), xs, mesh, axis_name)
     if note:
         the_plan = dataclasses.replace(the_plan, notes=the_plan.notes + (note,))
     hs, info = execute(the_plan, h0, xs, params, init=options.get("init"),

@@ -30,6 +30,8 @@ class Stage:
     blocks: tuple[int, ...] = ()  # block sizes, when the Jacobian has blocks
     estimates: tuple[tuple[str, Any], ...] = ()  # (name, value): work, depth, memory...
     rejected: tuple[tuple[str, str], ...] = ()  # (method, reason)
+    colours: int = 0  # dense with a sparse pattern: colours of its column colouring (JVPs)
+    jacobian_note: str = ""  # e.g. "sparse pattern, 4 colours: 4 JVPs per step instead of 40"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,7 +45,33 @@ class Stage:
             "blocks": list(self.blocks),
             "estimates": dict(self.estimates),
             "rejected": dict(self.rejected),
+            "colours": self.colours or None,
+            "jacobian_note": self.jacobian_note,
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How the time axis is split across devices (sequence parallelism).
+
+    ``axis_name`` is the mesh axis, ``devices`` the number of devices along it, each
+    holding ``local_length`` consecutive steps; ``padding`` steps are appended to the
+    processing order (and never count in a residual); ``communication`` lists, per
+    stage, what one iteration exchanges between devices.
+    """
+
+    axis_name: str
+    devices: int
+    local_length: int
+    padding: int
+    mesh_shape: tuple[tuple[str, int], ...] = ()
+    communication: tuple[tuple[str, str], ...] = ()  # (stage states, text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"axis_name": self.axis_name, "devices": self.devices,
+                "local_length": self.local_length, "padding": self.padding,
+                "mesh_shape": dict(self.mesh_shape),
+                "communication": dict(self.communication)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +92,8 @@ class Plan:
     state_sizes: tuple[tuple[str, int], ...] = dataclasses.field(default=(), repr=False)
     state_kinds: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
     options: tuple[tuple[str, Any], ...] = dataclasses.field(default=(), repr=False)
+    layout: Layout | None = None
+    _mesh: Any = dataclasses.field(default=None, repr=False, compare=False)
     _ir: Any = dataclasses.field(default=None, repr=False, compare=False)
     _stages: Any = dataclasses.field(default=(), repr=False, compare=False)
 
@@ -79,6 +109,7 @@ class Plan:
             "stages": [s.to_dict() for s in self.stages],
             "notes": list(self.notes),
             "state_kinds": dict(self.state_kinds),
+            "layout": None if self.layout is None else self.layout.to_dict(),
             "graph": {"nodes": {n: s for n, s in self.state_sizes},
                       "edges": [[u, v, w] for u, v, w in self.edges]},
         }
@@ -114,13 +145,23 @@ class Plan:
                 blocks = f" ({len(st.blocks)} blocks of size " \
                          f"{'/'.join(str(s) for s in sizes)}" \
                          f"{', padded to the largest' if len(sizes) > 1 else ''})"
-            lines.append(f"  jacobian  {st.jacobian}{blocks}")
+            note = f" ({st.jacobian_note})" if st.jacobian_note else ""
+            lines.append(f"  jacobian  {st.jacobian}{blocks}{note}")
             lines.append(f"  method    {st.method}: {st.why}")
             if st.estimates:
                 est = ", ".join(f"{k} {_fmt(v)}" for k, v in st.estimates)
                 lines.append(f"  estimate  {est}")
             for m, why in st.rejected:
                 lines.append(f"  rejected  {m}: {why}")
+        if self.layout is not None:
+            lay = self.layout
+            mesh = ", ".join(f"{k}={v}" for k, v in lay.mesh_shape)
+            lines.append(f"across devices: time split over mesh axis {lay.axis_name!r} "
+                         f"({lay.devices} devices; mesh {mesh}): {lay.local_length} steps per "
+                         f"device" + (f", {lay.padding} padded steps at the end (never counted "
+                                      "in a residual)" if lay.padding else ""))
+            for states, text in lay.communication:
+                lines.append(f"  {states}: {text}")
         for note in self.notes:
             lines.append(f"note: {note}")
         return "\n".join(lines)
@@ -142,4 +183,4 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-__all__ = ["Plan", "Stage", "KIND_ORDER"]
+__all__ = ["Plan", "Stage", "Layout", "KIND_ORDER"]

@@ -230,6 +230,6 @@ def test_raise_under_jit_fails_at_run_time(monkeypatch):
     _program._programs.clear()
 
 
-def test_sharding_options_are_refused_clearly():
+def test_axis_name_without_a_mesh_is_refused_clearly():
     with pytest.raises(recur.PlanError, match="mesh"):
-        recur.scan(lambda h, x: h, jnp.zeros(2), jnp.ones((3, 2)), axis_name="t")
+        recur.scan(lambda h, x: h, jnp.zeros(2), jnp.ones((3, 2)), axis_name="t")  # needs a mesh

@@ -48,7 +48,11 @@ NOT_YET: tuple[str, ...] = ()
 WINDOW_METHODS = ("deer", "quasi-deer", "picard", "jacobi")
 ON_FAILURE = ("sequential", "raise", "ignore")
 OPTIONS = ("rtol", "atol", "max_iters", "on_failure", "init", "jacobian", "check", "verify",
-           "chunk", "memory_limit", "window")
+           "chunk", "memory_limit", "window", "diagonal", "probes")
+# quasi-DEER's diag(J_t): "exact" (from the structure's colouring) or "hutchinson" (an
+# unbiased estimate from ``probes`` Rademacher probes; the solver only).
+DIAGONALS = ("exact", "hutchinson")
+DEFAULT_PROBES = 8
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +73,41 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
         raise PlanError(f"window must be a positive integer, got {out['window']!r}.")
     if "chunk" in out and out["chunk"] is not None and int(out["chunk"]) < 1:
         raise PlanError(f"chunk must be a positive integer, got {out['chunk']!r}.")
+    diagonal = out.get("diagonal", "exact")
+    if diagonal not in DIAGONALS:
+        raise PlanError(f"diagonal={diagonal!r}; use one of {', '.join(map(repr, DIAGONALS))}.")
+    if out.get("probes") is not None:
+        probes = out["probes"]
+        if isinstance(probes, bool) or int(probes) != probes or int(probes) < 1:
+            raise PlanError(f"probes must be a positive integer, got {probes!r}.")
+        if diagonal != "hutchinson":
+            raise PlanError("probes= sets the number of Hutchinson probes; it needs "
+                            "diagonal='hutchinson'.")
     return out
+
+
+def _hutchinson_probes(options: dict[str, Any]) -> int:
+    if options.get("diagonal", "exact") != "hutchinson":
+        return 0
+    probes = options.get("probes")
+    return DEFAULT_PROBES if probes is None else int(probes)
+
+
+def _diagonal_jvps(structure: Structure) -> int:
+    """JVPs per step of the exact diagonal of the Jacobian in this structure."""
+    if structure.jacobian == "zero":
+        return 0
+    if structure.jacobian == "diagonal":
+        return 1
+    return structure.jvps_per_step
+
+
+def _jacobian_note(structure: Structure, n: int) -> str:
+    if structure.colours is None:
+        return ""
+    c = structure.n_colours
+    return (f"sparse pattern, {c} colour{'s' if c != 1 else ''}: {c} JVP{'s' if c != 1 else ''}"
+            f" per step instead of {n}")
 
 
 def _leaf_reads(ir: StepIR, pattern: np.ndarray):
@@ -204,7 +242,8 @@ _A_TILDE = {"deer": "the true Jacobian", "quasi-deer": "diag of the Jacobian",
             "quasi-elk": "diag of the Jacobian, damped"}
 
 
-def _estimates(method: str, structure: Structure, T: int, n: int, itemsize: int):
+def _estimates(method: str, structure: Structure, T: int, n: int, itemsize: int,
+               user_jacobian: bool = False):
     if method == "sequential":
         return (("work", T * max(n, 1)), ("depth", T), ("memory", T * n * itemsize))
     if method in ITERATIVE:
@@ -212,7 +251,16 @@ def _estimates(method: str, structure: Structure, T: int, n: int, itemsize: int)
         iters = min(EXPECTED_ITERATIONS[method], max(T, 1))
         if method not in ("deer", "elk"):
             base["memory"] = T * 3 * n * itemsize
-        return (("Ã", _A_TILDE[method]), ("expected iterations", iters),
+        a_tilde, jvps = _A_TILDE[method], base["JVPs per step"]
+        if method in ("picard", "jacobi"):
+            jvps = 0
+        elif method in ("quasi-deer", "quasi-elk"):
+            jvps = 0 if user_jacobian else _diagonal_jvps(structure)
+            if structure.hutchinson and method == "quasi-deer" and not user_jacobian:
+                a_tilde = (f"Hutchinson estimate of the diagonal of the Jacobian "
+                           f"({structure.hutchinson} Rademacher probes)")
+                jvps = structure.hutchinson
+        return (("Ã", a_tilde), ("expected iterations", iters), ("JVPs per step", jvps),
                 ("work", iters * base["work"]), ("depth", iters * base["depth"]),
                 ("memory", base["memory"]))
     m, k = structure.blocks.shape if structure.blocks.size else (n, 1)
@@ -224,7 +272,8 @@ def _estimates(method: str, structure: Structure, T: int, n: int, itemsize: int)
         coeff = m * k * k
     work = 2 * T * (coeff * max(k, 1) + n)
     depth = int(np.ceil(np.log2(max(T, 2)))) * 2
-    return (("work", work), ("depth", depth), ("memory", T * (coeff + 2 * n) * itemsize))
+    return (("JVPs per step", structure.jvps_per_step), ("work", work), ("depth", depth),
+            ("memory", T * (coeff + 2 * n) * itemsize))
 
 
 def memory_budget(backend: str, limit: float | None = None) -> float:
@@ -428,6 +477,10 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
             structure = analyse_structure(np.ones_like(sub))
             notes.append(f"stage {index}: using the dense structure instead; this is a bug in "
                          "recur's dependency pass, please report it")
+        if structure.colours is not None:
+            notes.append(f"stage {index}: the dense Jacobian has a sparse pattern; a column "
+                         f"colouring extracts it from {structure.n_colours} JVPs per step "
+                         f"instead of {len(elements)}")
         kind = _kind(structure, affine, linear)
         jac = _jacobian_name(structure, affine, unit, checked, sub)
         chosen, why, rejected = _choose(
@@ -436,14 +489,30 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
                                               dtype.itemsize),
             budget=memory_budget(backend, options.get("memory_limit")),
             structure_name=jac, n=len(elements))
+        probes = _hutchinson_probes(options)
+        if probes and chosen in ITERATIVE and chosen != "quasi-deer":
+            notes.append(f"stage {index}: diagonal='hutchinson' applies to quasi-deer only; "
+                         f"this stage runs {chosen}")
+        if probes and chosen == "quasi-deer" and options.get("jacobian") is None:
+            exact = _diagonal_jvps(structure)
+            if probes < exact:
+                structure = dataclasses.replace(structure, hutchinson=probes)
+                why += (f" (diagonal='hutchinson': diag(J) estimated from {probes} Rademacher "
+                        f"probes instead of {exact} JVPs; derivatives stay exact)")
+            else:
+                notes.append(f"stage {index}: diagonal='hutchinson' not used: the exact "
+                             f"diagonal costs {exact} JVP{'s' if exact != 1 else ''} per step, "
+                             f"no more than {probes} probes")
         reads = tuple((leaf_name, tuple(r)) for leaf_name, r in leaf_reads
                       if any(leaf_name == n.split("[")[0] or leaf_name == n for n in names))
         stages.append(Stage(
             states=names, kind=kind, jacobian=jac, method=chosen, reads=reads,
             evidence=_evidence(kind, reasons, checked, staged and index > 0), why=why,
             blocks=structure.block_sizes if structure.jacobian.startswith("block") else (),
-            estimates=_estimates(chosen, structure, ir.length, len(elements), dtype.itemsize),
-            rejected=rejected))
+            estimates=_estimates(chosen, structure, ir.length, len(elements), dtype.itemsize,
+                                 user_jacobian=options.get("jacobian") is not None),
+            rejected=rejected, colours=structure.n_colours,
+            jacobian_note=_jacobian_note(structure, len(elements))))
         data.append(StageData(elements=elements, structure=structure))
         verification_text.append(
             f"stage {index}: structure {checked.structure_ok}, affine {checked.affine_ok}, "
@@ -456,6 +525,9 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
             f"stage {i}: {len(d.elements)} elements, jacobian {d.structure.jacobian}, "
             f"{d.structure.n_blocks} blocks of sizes {sorted(set(d.structure.block_sizes))}, "
             f"{d.structure.n_scc} strongly connected components"
+            + (f", column colouring of the sparse pattern: {d.structure.n_colours} colours "
+               f"(JVPs per step) instead of {len(d.elements)}"
+               if d.structure.colours is not None else "")
             for i, d in enumerate(data))),
         ("linearity", "\n".join(f"{leaf.name}: {lv}" + (f" ({r})" if r else "")
                                 for leaf, lv, r in zip(ir.state, whole.levels, whole.reasons))),
@@ -475,4 +547,4 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
         _ir=ir, _stages=tuple(data))
 
 
-__all__ = ["make_plan", "check_options", "StageData", "METHODS", "OPTIONS"]
+__all__ = ["make_plan", "check_options", "StageData", "METHODS", "OPTIONS", "DIAGONALS"]

@@ -7,8 +7,11 @@ plan relies on it:
 * **structure** — at a random ``(h, x, params)`` and a random tangent ``w``, the exact
   ``J w`` (one JVP) must equal ``J_s w`` for the Jacobian ``J_s`` *extracted under the
   claimed structure* by the same code the runtime uses (``J 1`` for a diagonal, colour
-  JVPs for blocks).  A wrong claim (the classic one: taking ``J 1`` as the diagonal of a
-  matrix that is not diagonal) mixes columns and fails this test with probability one.
+  JVPs for blocks and for a dense Jacobian with a column colouring of its sparse pattern;
+  a plain dense claim needs no probe).  A wrong claim (the classic one: taking ``J 1`` as
+  the diagonal of a matrix that is not diagonal; or a pattern that misses a nonzero, which
+  a colouring then mixes into another column's entry) mixes columns and fails this test
+  with probability one.
 * **affinity** — ``f(a u + (1-a) v) = a f(u) + (1-a) f(v)`` for random ``u, v, a``, and
   ``J(u) w = J(v) w``.
 * **scalar** — for a diagonal Jacobian, whether all its entries agree at random points
@@ -30,7 +33,7 @@ import numpy as np
 
 from .. import _jax_adapter as jx
 from ..runtime._flat import FlatStep, jaxpr_step
-from ..runtime._jacobian import blocks_from_jvp, diagonal_from_jvp, permute_in, permute_out
+from ..runtime._jacobian import diagonal_from_jvp, permute_in, permute_out, structured_from_jvp
 from .._dtypes import is_inexact
 from ._structure import Structure
 from ._trace import StepIR
@@ -102,7 +105,7 @@ def structured_product(jvp, n, dtype, structure: Structure, w):
         return jnp.zeros_like(w)
     if structure.jacobian == "diagonal":
         return diagonal_from_jvp(jvp, n, dtype) * w
-    a = blocks_from_jvp(jvp, n, dtype, structure.blocks)
+    a = structured_from_jvp(jvp, n, dtype, structure)
     wb = permute_in(w, structure.blocks)
     return permute_out(jnp.einsum("mij,mj->mi", a, wb), structure.blocks, n)
 
@@ -131,7 +134,7 @@ def verify(ir: StepIR, structure: Structure, affine: bool, *, seed: int = 0,
             u, v, w = probe.point(), probe.point(), probe.point()
             fu, jvp_u = jax.linearize(probe, u)
             exact = jvp_u(w)
-            if structure.jacobian != "dense":
+            if structure.jacobian != "dense" or structure.colours is not None:
                 claimed = structured_product(jvp_u, n, dtype, structure, w)
                 scale = float(np.max(np.abs(np.asarray(exact)), initial=0.0))
                 ok = _close(exact, claimed, scale, tol)

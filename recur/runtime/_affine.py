@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from ..passes._structure import Structure
-from . import _scan
-from ._jacobian import blocks_from_jvp, diagonal_from_jvp, permute_in, permute_out
+from . import _scan, _sharding
+from ._jacobian import diagonal_from_jvp, permute_in, permute_out, structured_from_jvp
 
 Flat = Callable[[jax.Array, Any], jax.Array]
 
@@ -46,7 +46,7 @@ def _coefficients(f: Flat, xs, n: int, dtype, structure: Structure, length: int)
         elif kind == "diagonal":
             a = diagonal_from_jvp(jvp, n, dtype)
         else:
-            a = blocks_from_jvp(jvp, n, dtype, structure.blocks)
+            a = structured_from_jvp(jvp, n, dtype, structure)  # blocks, or colours
         return a, b
 
     if xs is None:
@@ -63,7 +63,7 @@ def _scan_with(a, rhs, structure: Structure, *, transpose: bool):
     if kind == "zero":
         return rhs
     if transpose:
-        a = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])], axis=0)
+        a = _sharding.shift_back(a, jnp.zeros_like(a[0]))
         if kind != "diagonal":
             a = jnp.swapaxes(a, -1, -2)
     if kind == "diagonal":
@@ -71,10 +71,6 @@ def _scan_with(a, rhs, structure: Structure, *, transpose: bool):
     rb = permute_in(rhs, structure.blocks)
     hb = _scan.block_scan(a, rb, jnp.zeros(rb.shape[1:], rhs.dtype), reverse=transpose)
     return permute_out(hb, structure.blocks, n)
-
-
-def _shift(zs, first):
-    return jnp.concatenate([first[None], zs[:-1]], axis=0)
 
 
 def solve_affine(f: Flat, z0: jax.Array, xs: Any, structure: Structure, length: int):
@@ -85,7 +81,10 @@ def solve_affine(f: Flat, z0: jax.Array, xs: Any, structure: Structure, length: 
     a, b = _coefficients(f, xs, n, dtype, structure, length)
     a = jax.lax.stop_gradient(a)  # used by the solves only; derivatives come from matvec
     x0 = None if xs is None else jax.tree_util.tree_map(lambda v: v[0], xs)
-    rhs = b.at[0].set(f(z0, x0))
+    first = f(z0, x0)
+    if _sharding.current() is not None:  # only the device holding global step 0 starts at z0
+        first = jnp.where(_sharding.position(_sharding.current()) == 0, first, b[0])
+    rhs = b.at[0].set(first)
     zeros = jnp.zeros((n,), dtype)
 
     def apply_jacobian(prev):
@@ -96,7 +95,7 @@ def solve_affine(f: Flat, z0: jax.Array, xs: Any, structure: Structure, length: 
         return jax.vmap(one)(xs, prev)
 
     def matvec(zs):
-        return zs - apply_jacobian(_shift(zs, zeros))
+        return zs - apply_jacobian(_sharding.shift(zs, zeros))
 
     def solve(_, r):
         return _scan_with(a, r, structure, transpose=False)

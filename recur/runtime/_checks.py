@@ -23,6 +23,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from .._dtypes import is_inexact
+from . import _sharding
 
 
 def default_tolerance(dtypes) -> float:
@@ -33,7 +34,7 @@ def default_tolerance(dtypes) -> float:
 
 def residual(f: Callable, z0, zs, xs, *, rtol: float, atol: float):
     """``(max |r|, ok)`` for the trajectory ``zs`` (shape ``(T, n)``)."""
-    prev = jnp.concatenate([z0[None], zs[:-1]], axis=0)
+    prev = _sharding.shift(zs, z0)
     fz = jax.vmap(f)(prev, xs) if xs is not None else jax.vmap(lambda z: f(z, None))(prev)
     diff = jnp.abs(zs - fz)
     scale = jnp.maximum(jnp.abs(zs), jnp.abs(fz))
@@ -41,9 +42,14 @@ def residual(f: Callable, z0, zs, xs, *, rtol: float, atol: float):
         (jnp.isnan(zs) & jnp.isnan(fz)) | (zs == fz))
     bad = ~((diff <= atol + rtol * scale) | same_nonfinite)
     finite_diff = jnp.where(jnp.isfinite(diff), diff, 0)
+    valid = _sharding.valid_steps(zs.shape[0])
+    if valid is not None:  # padded steps (across devices) never count
+        bad = bad & valid[:, None]
+        finite_diff = jnp.where(valid[:, None], finite_diff, 0)
     res = jnp.max(finite_diff, initial=0.0).astype(jnp.finfo(diff.dtype).dtype)
     res = jnp.where(jnp.any(bad & ~jnp.isfinite(diff)), jnp.inf, res)
-    return jax.lax.stop_gradient(res), jax.lax.stop_gradient(~jnp.any(bad))
+    res, failed = _sharding.reduce_max(res), _sharding.reduce_any(jnp.any(bad))
+    return jax.lax.stop_gradient(res), jax.lax.stop_gradient(~failed)
 
 
 @jax.custom_batching.custom_vmap

@@ -22,12 +22,14 @@ exactly, with the associative scans of ``_scan.py`` (``diagonal_scan`` / ``block
 method         ``Ã_t``
 ============== ============================================================================
 ``deer``       ``J_t = ∂f/∂z(z̃_{t-1}, x_t)`` at the structure's cost: diagonal 1 JVP,
-               ``block(k)`` k JVPs, dense n JVPs (Newton: quadratic convergence)
+               ``block(k)`` k JVPs, dense n JVPs, or c with the structure's column
+               colouring of a sparse pattern (Newton: quadratic convergence)
 ``quasi-deer`` ``diag(J_t)``, exact, from the structure's column colouring
                ``diag(J) = Σ_c e_c ⊙ (J e_c)``; the colours are processed in groups so that
                at most ``_DIAG_CHUNK_ELEMENTS`` entries ``T × group × n`` exist at once
                (a dense state never materialises ``T × n × n``); or the user's
-               ``jacobian(z, x)``
+               ``jacobian(z, x)``; or, with ``structure.hutchinson = p > 0``,
+               Hutchinson's estimate ``mean_s v_s ⊙ (J v_s)`` from p Rademacher probes
 ``picard``     ``I`` (for steps ``z + g(z, x)``: one cumulative sum per sweep)
 ``jacobi``     ``0`` (``z_t = f(z̃_{t-1}, x_t)``: one parallel evaluation of ``f``)
 ============== ============================================================================
@@ -181,7 +183,7 @@ from jax import lax
 
 from .._errors import PlanError, StepFunctionError
 from ..passes._structure import Structure
-from . import _scan
+from . import _scan, _sharding
 from ._jacobian import permute_in, permute_out
 
 Flat = Callable[[jax.Array, Any], jax.Array]
@@ -230,7 +232,7 @@ def _map_steps(fn: Callable, P: jax.Array, xs: Any) -> jax.Array:
 
 
 def _shift(zs: jax.Array, first: jax.Array) -> jax.Array:
-    return jnp.concatenate([first[None], zs[:-1]], axis=0)
+    return _sharding.shift(zs, first)
 
 
 def _real_dtype(dtype):
@@ -238,7 +240,12 @@ def _real_dtype(dtype):
 
 
 def _colouring(structure: Structure, n: int, dtype) -> np.ndarray:
-    """``(k, n)`` tangents: colour ``c`` has a one at the ``c``-th element of every block."""
+    """``(k, n)`` tangents: colour ``c`` has a one at the ``c``-th element of every block;
+    for a dense structure with a column colouring, ``(c, n)``: a one on every column of
+    colour ``c``."""
+    if structure.colours is not None:
+        from ._jacobian import colour_tangents
+        return colour_tangents(structure.colours, n, dtype)
     blocks = structure.blocks
     k = blocks.shape[1]
     E = np.zeros((k, n), dtype=np.dtype(dtype))
@@ -256,15 +263,101 @@ def _blocks_from_cols(cols: jax.Array, blocks: np.ndarray, n: int) -> jax.Array:
     return jnp.transpose(gathered, (1, 2, 3, 0))  # (T, m, rows, cols)
 
 
-def _diag_from_cols(per_step: Callable, E: np.ndarray, T: int, n: int, dtype) -> jax.Array:
+def _jacobian_from_cols(cols: jax.Array, structure: Structure, n: int) -> jax.Array:
+    """``cols[c, t] = J_t e_c`` for the tangents of ``_colouring`` -> ``(T, m, k, k)``: the
+    blocks, or for a coloured dense structure the ``(T, 1, n, n)`` Jacobians scattered
+    back through its pattern (``J[i, j] = (J e_{colour(j)})_i`` where ``S[i, j]``)."""
+    if structure.colours is not None:
+        from ._jacobian import from_colour_columns
+        return from_colour_columns(cols, structure.colours, structure.pattern)
+    return _blocks_from_cols(cols, structure.blocks, n)
+
+
+def _diag_mask(structure: Structure) -> np.ndarray | None:
+    """Where ``diag(J)`` may be nonzero, for a coloured structure (``None``: everywhere).
+    With a column colouring ``(J e_{colour(i)})_i = J_ii`` only where ``S[i, i]`` (column
+    ``i`` holds row ``i``, so no other column of its colour does); elsewhere ``J_ii = 0``."""
+    if structure.colours is None:
+        return None
+    return np.diagonal(structure.pattern).copy()
+
+
+# Seed of quasi-DEER's Hutchinson probes (fixed: plans and results are deterministic).
+_HUTCHINSON_SEED = 20240607
+
+
+def _hutchinson_probes(method: str, structure: Structure, kind: str, use_user: bool) -> int:
+    """Rademacher probes for ``diag(J_t)`` (0: the exact diagonal): only for quasi-DEER
+    (quasi-ELK's damped steps lose the "k steps exact after k iterations" guarantee, and
+    did not converge with an estimated diagonal on Lorenz-96), and only where the exact
+    diagonal costs more JVPs."""
+    p = int(getattr(structure, "hutchinson", 0) or 0)
+    if method != "quasi-deer" or kind != "diag" or use_user or p <= 0:
+        return 0
+    if structure.jacobian in ("zero", "diagonal"):
+        return 0
+    exact = structure.n_colours if structure.colours is not None else structure.blocks.shape[1]
+    return p if p < exact else 0
+
+
+def _rademacher(s: jax.Array, T: int, n: int, dtype) -> jax.Array:
+    """``(len(s), T, n)`` signs ``±1``: bit 31 of a murmur3-finalised hash of ``(seed, s,
+    t, i)``.  Deterministic on every backend, and cheap to compile inside the solver's
+    loop (threefry's ``jax.random`` doubled quasi-DEER's compile time on CPU)."""
+    u32 = jnp.uint32
+    x = (s.astype(u32)[:, None, None] * u32(0x9E3779B1)
+         + jnp.arange(T, dtype=u32)[None, :, None] * u32(0x85EBCA77)
+         + jnp.arange(n, dtype=u32)[None, None, :] * u32(0xC2B2AE3D)
+         + u32(_HUTCHINSON_SEED))
+    x = x ^ (x >> u32(16))
+    x = x * u32(0x85EBCA6B)
+    x = x ^ (x >> u32(13))
+    x = x * u32(0xC2B2AE35)
+    x = x ^ (x >> u32(16))
+    sign = 1 - 2 * (x >> u32(31)).astype(jnp.int32)
+    return sign.astype(dtype)
+
+
+def _diag_hutchinson(jvp_all: Callable, probes: int, T: int, n: int, dtype) -> jax.Array:
+    """Hutchinson's estimate ``diag(J_t) ≈ (1/p) Σ_s v_{s,t} ⊙ (J_t v_{s,t})`` with ``p``
+    Rademacher probes ``v_s`` (``(T, n)``, independent over steps, from a fixed seed), in
+    groups of at most ``_DIAG_CHUNK_ELEMENTS`` entries.  Unbiased, not exact: only the
+    solver uses it (quasi-DEER converges to the same trajectory; derivatives use the true
+    Jacobians)."""
+    rdt = _real_dtype(dtype)
+    g = max(1, min(probes, _DIAG_CHUNK_ELEMENTS // max(1, T * n)))
+    groups = -(-probes // g)
+
+    def group(i):
+        s = jnp.asarray(i, jnp.int32) * g + jnp.arange(g, dtype=jnp.int32)
+        V = _rademacher(s, T, n, dtype)  # (g, T, n)
+        JV = jax.vmap(jvp_all)(V)  # (g, T, n)
+        return jnp.sum(jnp.where((s < probes)[:, None, None], V * JV,
+                                 jnp.zeros((), dtype)), axis=0)
+
+    if groups == 1:
+        total = group(0)
+    else:
+        total = lax.fori_loop(0, groups, lambda i, acc: acc + group(i),
+                              jnp.zeros((T, n), dtype))
+    return total / jnp.asarray(probes, rdt).astype(dtype)
+
+
+def _diag_from_cols(per_step: Callable, E: np.ndarray, T: int, n: int, dtype,
+                    mask: np.ndarray | None = None) -> jax.Array:
     """``diag(J_t) = Σ_c e_c ⊙ (J_t e_c)`` with at most ``_DIAG_CHUNK_ELEMENTS`` entries of
-    ``J`` alive at once (colours processed in groups by a ``lax.scan``)."""
+    ``J`` alive at once (colours processed in groups by a ``lax.scan``); ``mask`` (``(n,)``
+    bool, for a column colouring: ``_diag_mask``) zeroes the elements outside it."""
     k = E.shape[0]
     g = max(1, min(k, _DIAG_CHUNK_ELEMENTS // max(1, T * n)))
+    keep = None if mask is None else jnp.asarray(mask)
 
     def contribution(e):
         cols = per_step(e)  # (g, T, n)
-        return jnp.sum(jnp.where(e[:, None, :] != 0, cols, 0), axis=0)
+        on = e[:, None, :] != 0
+        if keep is not None:
+            on = on & keep
+        return jnp.sum(jnp.where(on, cols, 0), axis=0)
 
     if g >= k:
         return contribution(jnp.asarray(E, dtype))
@@ -290,14 +383,18 @@ def _shift_per_step(g: Callable, T: int, n: int) -> Callable:
     """From ``g(V)_t = V_t - J_t V_{t-1}`` (``V_{-1} = 0``): ``U -> (B, T, n)`` with ``J_t u``
     (row ``t = 0`` is 0: ``J_0`` never multiplies an unknown).  A colour is put on every
     other time step so that ``g`` returns ``-J_t u`` exactly, without cancellation."""
-    odd = (np.arange(T) % 2 == 1)[:, None]
+    index = _sharding.step_index(T)  # global step indices when split across devices
+    if index is None:
+        index = jnp.arange(T, dtype=jnp.int32)
+    odd = (index % 2 == 1)[:, None]
+    first = (index == 0)[:, None]
 
     def one(u):
         on_even = jnp.where(odd, jnp.zeros_like(u), u)  # u at even t
         on_odd = jnp.where(odd, u, jnp.zeros_like(u))   # u at odd t
         ge, go = g(on_even), g(on_odd)
         ju = -jnp.where(odd, ge, go)  # odd t: previous step even; even t: previous odd
-        return ju.at[0].set(0)
+        return jnp.where(first, jnp.zeros_like(ju), ju)
 
     return lambda U: jax.vmap(one)(U)
 
@@ -308,7 +405,7 @@ def _structured(per_step: Callable, structure: Structure, T: int, n: int, dtype)
     E = _colouring(structure, n, dtype)
     if structure.jacobian == "diagonal":
         return "diag", per_step(jnp.asarray(E))[0]
-    return "block", _blocks_from_cols(per_step(jnp.asarray(E)), structure.blocks, n)
+    return "block", _jacobian_from_cols(per_step(jnp.asarray(E)), structure, n)
 
 
 def _linear_recurrence(kind: str, a, b: jax.Array, h0: jax.Array, structure: Structure):
@@ -348,8 +445,13 @@ def _lyapunov_diag(a: jax.Array) -> jax.Array:
     mag = jnp.abs(a).astype(rdt)
     keep = ~jnp.isnan(mag)
     logs = jnp.where(keep, jnp.log(jnp.clip(jnp.where(keep, mag, 1), fi.tiny, fi.max)), 0)
-    cnt = jnp.sum(keep, axis=0).astype(rdt)
-    per = jnp.where(cnt > 0, jnp.sum(logs, axis=0) / jnp.maximum(cnt, 1), -jnp.inf)
+    valid = _sharding.valid_steps(a.shape[0])
+    if valid is not None:
+        keep = keep & valid.reshape((-1,) + (1,) * (a.ndim - 1))
+        logs = jnp.where(keep, logs, 0)
+    cnt = _sharding.reduce_sum(jnp.sum(keep, axis=0).astype(rdt))
+    per = jnp.where(cnt > 0, _sharding.reduce_sum(jnp.sum(logs, axis=0)) / jnp.maximum(cnt, 1),
+                    -jnp.inf)
     return jnp.max(per, initial=-jnp.inf).astype(rdt)
 
 
@@ -362,9 +464,14 @@ def _lyapunov_sweep(jvp_all: Callable, V: jax.Array, u0: jax.Array):
     nrm = jnp.sqrt(jnp.sum(jnp.abs(JV).astype(rdt) ** 2, axis=-1))
     fin = jnp.isfinite(nrm)
     pos = fin & (nrm > tiny)
-    logs = jnp.where(fin, jnp.log(jnp.maximum(jnp.where(fin, nrm, 1), tiny)), 0)
-    cnt = jnp.sum(fin).astype(rdt)
-    lam = jnp.where(cnt > 0, jnp.sum(logs) / jnp.maximum(cnt, 1), jnp.asarray(0, rdt))
+    counted = fin
+    valid = _sharding.valid_steps(V.shape[0])
+    if valid is not None:
+        counted = fin & valid
+    logs = jnp.where(counted, jnp.log(jnp.maximum(jnp.where(fin, nrm, 1), tiny)), 0)
+    cnt = _sharding.reduce_sum(jnp.sum(counted).astype(rdt))
+    lam = jnp.where(cnt > 0, _sharding.reduce_sum(jnp.sum(logs)) / jnp.maximum(cnt, 1),
+                    jnp.asarray(0, rdt))
     scale = jnp.where(pos, nrm, 1).astype(JV.dtype)
     V = jnp.where(pos[:, None], JV / scale[:, None], u0[None])
     return lam.astype(rdt), V
@@ -385,7 +492,8 @@ def _setup(method: str, structure: Structure, jacobian, n: int, dtype):
     use_user = jacobian is not None and kind == "diag" and base != "picard"
     lyap_exact = kind == "diag" and sk == "diagonal" and base != "picard" and not use_user
     needs_jvp = kind in ("diag", "block") and base != "picard" and not use_user
-    E = _colouring(structure, n, dtype) if needs_jvp else None
+    probes = _hutchinson_probes(method, structure, kind, use_user)
+    E = _colouring(structure, n, dtype) if needs_jvp and not probes else None
     return kind, use_user, lyap_exact, needs_jvp, E
 
 
@@ -393,6 +501,8 @@ def _make_evaluate(f: Flat, method, structure, kind, jacobian, lyap_exact, needs
                    n, dtype, want_jvp=True):
     """``evaluate(P, xs) -> (f(P), raw Ã at P, JVP V -> (J_t V_t)_t or None)``."""
     picard = method == "picard"
+    probes = _hutchinson_probes(method, structure, kind, jacobian is not None)
+    mask = _diag_mask(structure)
 
     def evaluate(P, xs):
         L = P.shape[0]
@@ -412,10 +522,12 @@ def _make_evaluate(f: Flat, method, structure, kind, jacobian, lyap_exact, needs
             return fz, a, jvp_all
         fz, jvp_all = jax.linearize(lambda Z: _map_steps(f, Z, xs), P)
         per_step = _direct_per_step(jvp_all, L, n)
-        if kind == "diag":
-            a = _diag_from_cols(per_step, E, L, n, dtype)
+        if kind == "diag" and probes:
+            a = _diag_hutchinson(jvp_all, probes, L, n, dtype)
+        elif kind == "diag":
+            a = _diag_from_cols(per_step, E, L, n, dtype, mask=mask)
         else:
-            a = _blocks_from_cols(per_step(jnp.asarray(E)), structure.blocks, n)
+            a = _jacobian_from_cols(per_step(jnp.asarray(E)), structure, n)
         return fz, a, jvp_all
 
     return evaluate
@@ -429,6 +541,10 @@ def _check_steps(z, fz, rtol, atol):
         (jnp.isnan(z) & jnp.isnan(fz)) | (z == fz))
     bad = ~((diff <= atol + rtol * jnp.abs(z).astype(rdt)) | same_nonfinite)
     fin = jnp.where(jnp.isfinite(diff), diff, 0)
+    valid = _sharding.valid_steps(z.shape[0])
+    if valid is not None:  # padded steps (across devices) never count
+        bad = bad & valid[:, None]
+        fin = jnp.where(valid[:, None], fin, 0)
     return bad, fin, bad & ~jnp.isfinite(diff)
 
 
@@ -438,7 +554,7 @@ def _check(z, fz, rtol, atol):
     bad, fin, bad_nonfinite = _check_steps(z, fz, rtol, atol)
     res = jnp.max(fin, initial=0.0).astype(rdt)
     res = jnp.where(jnp.any(bad_nonfinite), jnp.inf, res).astype(rdt)
-    return res, ~jnp.any(bad)
+    return _sharding.reduce_max(res), ~_sharding.reduce_any(jnp.any(bad))
 
 
 def _initial_a(kind, method, structure, T, n, dtype):
@@ -792,7 +908,7 @@ def _tangent_solve(g: Callable, y: jax.Array, structure: Structure) -> jax.Array
     # A_0 = 0 (row 0 of the extraction), so h_{-1} does not matter; it is taken as y_0 rather
     # than a constant zero because custom_linear_solve only transposes when every
     # right-hand side (here b and h0) is linear in the cotangent.
-    return _linear_recurrence(kind, a, y, y[0], structure)
+    return _linear_recurrence(kind, a, y, _sharding.from_first_step(y[0]), structure)
 
 
 # ----------------------------------------------------------------------------- public
@@ -838,6 +954,11 @@ def solve_nonlinear(f, z0, xs, *, method, structure, length, rtol, atol, max_ite
         raise StepFunctionError(f"solve_nonlinear: z0 must be a flat (n,) state, got {z0.shape}")
     n, dtype = z0.shape[0], z0.dtype
     T = int(length)
+    T_all = _sharding.global_length(T)  # the whole sequence when split across devices
+    if _sharding.current() is not None and (window is not None or method in ("elk", "quasi-elk")):
+        raise PlanError(f"{'window=' if window is not None else 'method ' + repr(method)} is not "
+                        "available across devices yet; use deer, quasi-deer, picard or jacobi "
+                        "without a window.")
     if window is not None:
         W = int(window)
         if W < 1:
@@ -847,7 +968,7 @@ def solve_nonlinear(f, z0, xs, *, method, structure, length, rtol, atol, max_ite
                             f"{WINDOW_METHODS}")
         window = None if W >= T else W
     if max_iters is None:
-        max_iters = default_max_iters(method, T) if window is None else T + 1
+        max_iters = default_max_iters(method, T_all) if window is None else T + 1
     max_iters = int(max_iters)
     if max_iters < 0:
         raise PlanError(f"max_iters must be >= 0, got {max_iters}")
@@ -893,9 +1014,9 @@ def solve_nonlinear(f, z0, xs, *, method, structure, length, rtol, atol, max_ite
     aux = lax.stop_gradient(aux)
     its = aux["iterations"].astype(jnp.int32)
     ok = aux["converged"] > 0
-    evals = jnp.asarray(T if init is None else 0, jnp.int32)
+    evals = jnp.asarray(T_all if init is None else 0, jnp.int32)
     if window is None:  # the k = -1 pass evaluates at the guess, then one per iteration
-        evals = evals + (its + 1) * T
+        evals = evals + (its + 1) * T_all
     else:  # one window per sweep, plus the full residual when not converged
         evals = evals + its * window + jnp.where(ok, 0, T).astype(jnp.int32)
     stats = dict(iterations=its, residual=aux["residual"], converged=ok,

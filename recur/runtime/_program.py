@@ -37,6 +37,7 @@ from ._flat import FlatStep, jaxpr_step
 from ._newton import METHODS as ITERATIVE_METHODS
 from ._newton import solve_nonlinear
 from ._sequential import sequential_scan
+from . import _sharding
 
 _CACHE_SIZE = 64
 _programs: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
@@ -61,11 +62,19 @@ def _unflatten_p(ir, p_leaves):
     return jax.tree_util.tree_unflatten(ir.param_treedef, list(p_leaves))
 
 
-def _run(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_leaves, consts,
+def _run(plan: Plan, in_trace: bool, user_jacobian, axis, h_leaves, x_leaves, p_leaves, consts,
          init_leaves):
+    with _sharding.along(axis):
+        return _run_plan(plan, in_trace, user_jacobian, h_leaves, x_leaves, p_leaves, consts,
+                         init_leaves)
+
+
+def _run_plan(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_leaves, consts,
+              init_leaves):
     ir = plan._ir
     options = dict(plan.options)
-    T, n = ir.length, ir.n_state
+    axis = _sharding.current()
+    T, n = (ir.length if axis is None else axis.local), ir.n_state
     leaf_step = jaxpr_step(ir, consts)
     flat = FlatStep(ir, leaf_step)
     real_dtype = np.dtype(jnp.finfo(flat.dtype).dtype) if is_inexact(flat.dtype) \
@@ -76,7 +85,12 @@ def _run(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_leaves
     if all(st.method == "sequential" for st in plan.stages) or T == 0:
         def step(h, x):
             return leaf_step(h, [] if x is None else x, p_leaves)
-        hs = sequential_scan(step, list(h_leaves), x_per_step, length=T, reverse=ir.reverse)
+        if axis is not None and ir.reverse:  # time is flipped (runtime/_sharding.py)
+            xs_fwd = None if x_per_step is None else [jnp.flip(v, 0) for v in x_per_step]
+            hs = [jnp.flip(v, 0) for v in
+                  sequential_scan(step, list(h_leaves), xs_fwd, length=T)]
+        else:
+            hs = sequential_scan(step, list(h_leaves), x_per_step, length=T, reverse=ir.reverse)
         zero = jnp.zeros((n_stages,) if n_stages > 1 else (), real_dtype)
         return list(hs), _info(plan.method, jnp.zeros_like(zero, jnp.int32), zero,
                                jnp.ones_like(zero, bool), jnp.zeros_like(zero, bool))
@@ -98,7 +112,7 @@ def _run(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_leaves
             f_s, xs_s, z0_s = f, x_per_step, z0
         else:
             idx = jnp.asarray(data.elements)
-            prev = jnp.concatenate([z0[None], zs[:-1]], axis=0)
+            prev = _sharding.shift(zs, z0)
 
             def f_s(z, xp, idx=idx):
                 x, before = xp
@@ -191,12 +205,58 @@ def program_key(plan: Plan, leaves, in_trace: bool) -> tuple:
     ir = plan._ir
     found: list = []
     _callables(ir.jaxpr.jaxpr, found)
-    stages = tuple((st.method, d.elements.tobytes(), d.structure.jacobian,
-                    d.structure.blocks.tobytes(), d.structure.blocks.shape)
+    # the structure by value: blocks, column colouring and its pattern, solver hints
+    stages = tuple((st.method, d.elements.tobytes(), d.structure.key())
                    for st, d in zip(plan.stages, plan._stages))
     return (str(ir.jaxpr.jaxpr), tuple(found), tuple(map(_avals, leaves)),
-            plan.method, stages, plan.options, ir.reverse, ir.length,
+            plan.method, stages, plan.options, ir.reverse, ir.length, plan.layout, plan._mesh,
             ir.state_treedef, ir.input_treedef, ir.param_treedef, in_trace)
+
+
+def _place(v, mesh, spec):
+    """``v`` laid out as ``spec`` over ``mesh`` (inside or outside ``jit``)."""
+    sharding = jax.sharding.NamedSharding(mesh, spec)
+    explicit = any(t == jax.sharding.AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
+    return jax.reshard(v, sharding) if explicit else jax.lax.with_sharding_constraint(v, sharding)
+
+
+def _sharded_program(plan: Plan, in_trace: bool, jacobian, n_h: int, n_x: int, n_p: int,
+                     n_c: int, has_init: bool):
+    """``_run`` inside ``shard_map`` over the plan's mesh axis (``runtime/_sharding.py``):
+    inputs padded to ``D L`` steps (at the end of the processing order) and sharded along
+    time, parameters and closed-over arrays replicated, states returned sharded along
+    time and unpadded."""
+    lay, mesh, ir = plan.layout, plan._mesh, plan._ir
+    T, pad, reverse = ir.length, lay.padding, ir.reverse
+    axis = _sharding.TimeAxis(name=lay.axis_name, size=lay.devices, length=T + pad, valid=T,
+                              reversed=reverse)
+    along_t, rep = jax.sharding.PartitionSpec(lay.axis_name), jax.sharding.PartitionSpec()
+
+    def body(h, x, p, c, *init):
+        return _run(plan, in_trace, jacobian, axis, h, x, p, c, init[0] if init else None)
+
+    in_specs = ([rep] * n_h, [along_t] * n_x, [rep] * n_p, [rep] * n_c) + \
+        (([along_t] * n_h,) if has_init else ())
+    inner = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=([along_t] * n_h, rep),
+                          check_vma=False)
+
+    def padded(v):
+        if not pad:
+            return v
+        if reverse:  # the processing order is flipped: pad at the front
+            return jnp.concatenate([jnp.repeat(v[:1], pad, axis=0), v], axis=0)
+        return jnp.concatenate([v, jnp.repeat(v[-1:], pad, axis=0)], axis=0)
+
+    def program(h, x, p, c, init):
+        x = [_place(padded(v), mesh, along_t) for v in x]
+        extra = () if init is None else ([_place(padded(v), mesh, along_t) for v in init],)
+        h, p, c = ([_place(v, mesh, rep) for v in group] for group in (h, p, c))
+        out, info = inner(h, x, p, c, *extra)
+        if pad:
+            out = [v[pad:] if reverse else v[:T] for v in out]
+        return out, info
+
+    return jax.jit(program)
 
 
 def _concrete(leaves) -> bool:
@@ -224,7 +284,12 @@ def execute(plan: Plan, h0: Any, xs: Any, params: Any, *, init: Any = None,
     key = program_key(plan, groups, in_trace) + (jacobian, init_leaves is None)
     program = _programs.get(key)
     if program is None:
-        program = jax.jit(functools.partial(_run, plan, in_trace, jacobian))
+        if plan.layout is None:
+            program = jax.jit(functools.partial(_run, plan, in_trace, jacobian, None))
+        else:
+            program = _sharded_program(plan, in_trace, jacobian, len(h_leaves),
+                                       len(x_leaves), len(p_leaves), len(consts),
+                                       init_leaves is not None)
         _programs[key] = program
         if len(_programs) > _CACHE_SIZE:
             _programs.popitem(last=False)

@@ -10,9 +10,16 @@ from typing import Any, Callable
 
 import jax
 
+from . import _sharding
+
 
 def sequential_scan(step: Callable[[Any, Any], Any], h0: Any, xs: Any, *, length: int,
                     reverse: bool = False) -> Any:
+    if _sharding.current() is not None:  # the time axis is split over devices
+        if reverse:
+            raise AssertionError("sharded programs flip time before the loop")
+        return _sharding.sequential(step, h0, xs, length=length)
+
     def body(h, x):
         h_new = step(h, x)
         return h_new, h_new

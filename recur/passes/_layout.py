@@ -1,0 +1,109 @@
+"""The device layout pass: split the time axis of a plan over one mesh axis.
+
+Input: a ``Plan`` and a ``jax.sharding.Mesh`` with the name of the axis that carries time.
+Output: the same plan with a ``Layout`` (devices, steps per device, padding, and for every
+stage what one iteration communicates) and its mesh; the runtime then runs the plan
+inside ``shard_map`` (``runtime/_sharding.py`` has the algorithms).
+
+Communication per iteration, per device (``n`` state elements of the stage, ``D``
+devices, ``s`` bytes per element):
+
+* iterative methods (``deer``, ``quasi-deer``, ``picard``, ``jacobi``): the shifted
+  iterate crosses each device boundary once (``n s``), the scan gathers the ``D`` chunk
+  summaries (``D (|P| + n) s``, ``|P|`` = ``n`` diagonal, ``m k^2`` blocks, 0 for
+  ``jacobi``), the stopping test is two scalar all-reduces; the Lyapunov estimate adds one
+  shifted vector per sweep (16 at the first iteration, 4 later);
+* ``scan``: one gather of summaries, plus one shift and the all-reduces of the check;
+* ``sequential``: ``D - 1`` rounds, each passing one state (``n s``) to the next device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+from .._errors import PlanError
+from .._plan import Layout, Plan
+
+# Methods whose algorithms have a sharded form (runtime/_sharding.py).
+SHARDED_METHODS = ("sequential", "scan", "deer", "quasi-deer", "picard", "jacobi")
+
+
+def _bytes(v: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if v >= scale:
+            return f"{v / scale:.3g} {unit}"
+    return f"{int(v)} B"
+
+
+def _summary_elements(structure, method: str, n: int) -> int:
+    kind = structure.jacobian
+    if method == "jacobi" or kind == "zero":
+        return 0
+    if method in ("quasi-deer", "picard") or kind == "diagonal":
+        return 1 if method == "picard" else n
+    m, k = structure.blocks.shape
+    return m * k * k
+
+
+def _communication(stage, data, devices: int, itemsize: int) -> str:
+    n = len(data.elements)
+    method = stage.method
+    state = n * itemsize
+    if method == "sequential":
+        return (f"sequential loop in {devices} rounds: {devices - 1} x {_bytes(state)} passed "
+                f"device to device (ppermute); wall time of one loop over T, no inputs gathered")
+    summary = devices * (_summary_elements(data.structure, method, n) + n) * itemsize
+    if method == "scan":
+        return (f"one all_gather of chunk summaries ({_bytes(summary)}), one boundary state "
+                f"({_bytes(state)}, ppermute) and 2 scalar all-reduces for the check")
+    return (f"per iteration: boundary state {_bytes(state)} (ppermute), all_gather of chunk "
+            f"summaries {_bytes(summary)}, 2 scalar all-reduces; + {_bytes(state)} per "
+            f"Lyapunov sweep (16 at the first iteration, 4 later)")
+
+
+def attach_layout(plan: Plan, mesh: Any, axis_name: str) -> Plan:
+    """``plan`` split over ``mesh.shape[axis_name]`` devices along time."""
+    names = tuple(getattr(mesh, "axis_names", ()))
+    if not names or not hasattr(mesh, "shape"):
+        raise PlanError(f"mesh= must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    if axis_name is None:
+        if len(names) != 1:
+            raise PlanError(f"the mesh has axes {names}: say which carries time with "
+                            "axis_name=")
+        axis_name = names[0]
+    if axis_name not in names:
+        raise PlanError(f"axis_name={axis_name!r} is not an axis of the mesh (its axes: "
+                        f"{names})")
+    devices = int(dict(mesh.shape)[axis_name])
+    T = plan.length
+    if T == 0:  # nothing to split
+        return plan
+    if T < devices:
+        raise PlanError(f"T={T} steps cannot be split over {devices} devices along "
+                        f"{axis_name!r}: each device needs at least one step; use a mesh axis "
+                        "of at most T devices or run on one device.")
+    for st in plan.stages:
+        if st.method not in SHARDED_METHODS:
+            raise PlanError(f"method {st.method!r} (stage {', '.join(st.states)}) has no "
+                            f"sequence-parallel form yet; across devices use one of "
+                            f"{SHARDED_METHODS}.")
+    if dict(plan.options).get("window") is not None and any(
+            st.method not in ("sequential", "scan") for st in plan.stages):
+        raise PlanError("window= is not available across devices yet: every device already "
+                        "holds only T/D steps; drop window= or run on one device.")
+    local = -(-T // devices)
+    itemsize = int(jnp.dtype(plan.dtype).itemsize)
+    comm = tuple((", ".join(st.states), _communication(st, data, devices, itemsize))
+                 for st, data in zip(plan.stages, plan._stages))
+    layout = Layout(axis_name=str(axis_name), devices=devices, local_length=local,
+                    padding=local * devices - T,
+                    mesh_shape=tuple((str(k), int(v)) for k, v in dict(mesh.shape).items()),
+                    communication=comm)
+    return dataclasses.replace(plan, layout=layout, _mesh=mesh, _ir=plan._ir,
+                               _stages=plan._stages)
+
+
+__all__ = ["attach_layout", "SHARDED_METHODS"]

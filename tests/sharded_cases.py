@@ -1,0 +1,207 @@
+"""Sequence parallelism on 4 simulated CPU devices: every result equals the single-device
+one (and the loop).  Run by ``tests/test_sharding.py`` in a subprocess with
+``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (the device count is fixed when
+JAX starts, so it cannot share a process with the other tests)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.sharding import NamedSharding, PartitionSpec
+
+import recur
+
+from ._steps import make_case
+from .test_stages import kalman_step, reference_filter
+
+if jax.device_count() < 4:
+    raise RuntimeError("tests/sharded_cases.py needs 4 devices: run it through "
+                       "tests/test_sharding.py (XLA_FLAGS=--xla_force_host_platform_device_count=4)")
+
+MESH = jax.make_mesh((4,), ("t",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def loop(fn, h0, xs, params=None, reverse=False, length=None):
+    def body(h, x):
+        h = fn(h, x) if params is None else fn(h, x, params)
+        return h, h
+    return jax.lax.scan(body, h0, xs, reverse=reverse, length=length)[1]
+
+
+def close(a, b, rtol, atol=0.0):
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=atol)
+
+
+# ----------------------------------------------------------------------------- affine
+
+@settings(max_examples=10)
+@given(structure=st.sampled_from(["zero", "scalar", "diagonal", "block", "dense"]),
+       T=st.sampled_from([4, 7, 18, 64]), reverse=st.booleans(),
+       dtype=st.sampled_from([np.float64, np.float32]), seed=st.integers(0, 2**16))
+def test_affine_scan_across_devices_equals_the_loop(structure, T, reverse, dtype, seed):
+    case = make_case(seed, structure, n=4, T=T, dtype=dtype)
+    hs, info = recur.scan(case.fn, case.h0, case.xs, case.params, method="scan", mesh=MESH,
+                          reverse=reverse, return_info=True)
+    ref = loop(case.fn, case.h0, case.xs, case.params, reverse=reverse)
+    tol = 1e-11 if dtype == np.float64 else 2e-4
+    close(hs, ref, rtol=tol, atol=tol)
+    assert bool(info.converged) and not bool(info.fell_back)
+
+
+def test_output_is_sharded_along_time_and_plan_shows_the_layout():
+    case = make_case(0, "diagonal", n=4, T=64)
+    xs = jax.device_put(case.xs, NamedSharding(MESH, PartitionSpec("t")))
+    plan = recur.plan(case.fn, case.h0, xs, case.params, method="scan")
+    assert plan.layout is not None and plan.layout.devices == 4
+    assert plan.layout.local_length == 16 and plan.layout.padding == 0
+    text = plan.explain()
+    assert "across devices" in text and "all_gather" in text and "ppermute" in text
+    hs = recur.scan(case.fn, case.h0, xs, case.params, method="scan")   # found from xs
+    assert hs.sharding.spec[0] == "t"
+    assert plan.to_dict()["layout"]["devices"] == 4
+
+
+def test_explicit_axis_mesh_and_jit_with_mesh_option():
+    mesh = jax.make_mesh((4,), ("t",), axis_types=(jax.sharding.AxisType.Explicit,))
+    case = make_case(1, "block", n=4, T=20)
+    ref = loop(case.fn, case.h0, case.xs, case.params)
+    out = recur.scan(case.fn, case.h0, case.xs, case.params, method="scan", mesh=mesh,
+                     axis_name="t")
+    close(out, ref, rtol=1e-11, atol=1e-12)
+    jitted = jax.jit(lambda xs: recur.scan(case.fn, case.h0, xs, case.params, method="scan",
+                                           mesh=MESH, axis_name="t"))
+    close(jitted(case.xs), ref, rtol=1e-11, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- nonlinear
+
+def gru(h, x, p):
+    z = jax.nn.sigmoid(p["Wz"] @ h + p["Uz"] @ x)
+    r = jax.nn.sigmoid(p["Wr"] @ h + p["Ur"] @ x)
+    c = jnp.tanh(p["Wh"] @ (r * h) + p["Uh"] @ x)
+    return (1 - z) * h + z * c
+
+
+def gru_problem(T=40, D=5, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    p = {k: jnp.asarray(rng.standard_normal((D, D)) / np.sqrt(D), dtype)
+         for k in ("Wz", "Uz", "Wr", "Ur", "Wh", "Uh")}
+    return jnp.zeros(D, dtype), jnp.asarray(rng.standard_normal((T, D)), dtype), p
+
+
+@pytest.mark.parametrize("method, reverse", [("deer", False), ("deer", True),
+                                             ("quasi-deer", False), ("jacobi", True),
+                                             ("sequential", True)])
+def test_gru_across_devices_equals_one_device(method, reverse):
+    h0, xs, p = gru_problem(T=42)   # 42 = 4 * 11 - 2: two padded steps
+    one, info1 = recur.scan(gru, h0, xs, p, method=method, reverse=reverse, return_info=True)
+    many, info4 = recur.scan(gru, h0, xs, p, method=method, reverse=reverse, mesh=MESH,
+                             return_info=True)
+    close(many, one, rtol=1e-10, atol=1e-11)
+    close(many, loop(gru, h0, xs, p, reverse=reverse), rtol=1e-10, atol=1e-11)
+    assert bool(info4.converged) and not bool(info4.fell_back)
+    if method != "sequential":
+        assert abs(int(info4.iterations) - int(info1.iterations)) <= 1
+        assert float(info4.residual) <= 1e-10
+
+
+def test_gru_float32_deer_across_devices():
+    h0, xs, p = gru_problem(T=64, D=8, dtype=np.float32)
+    many, info = recur.scan(gru, h0, xs, p, method="deer", mesh=MESH, return_info=True)
+    assert bool(info.converged) and int(info.iterations) <= 6
+    close(many, loop(gru, h0, xs, p), rtol=1e-4, atol=1e-5)
+
+
+def test_gradients_across_devices_equal_the_loop():
+    h0, xs, p = gru_problem(T=24, D=3)
+
+    def loss(run, h0, xs, p):
+        return jnp.sum(jnp.sin(run(h0, xs, p)))
+
+    seq = jax.grad(lambda *a: loss(lambda h0, xs, p: loop(gru, h0, xs, p), *a),
+                   argnums=(0, 1, 2))(h0 + 0.1, xs, p)
+    for method in ("deer", "quasi-deer"):
+        par = jax.grad(lambda *a: loss(lambda h0, xs, p: recur.scan(
+            gru, h0, xs, p, method=method, mesh=MESH), *a), argnums=(0, 1, 2))(h0 + 0.1, xs, p)
+        close(par, seq, rtol=1e-8, atol=1e-10)
+    # forward mode
+    t_xs = jnp.ones_like(xs)
+    _, jv_par = jax.jvp(lambda xs: recur.scan(gru, h0, xs, p, method="deer", mesh=MESH),
+                        (xs,), (t_xs,))
+    _, jv_seq = jax.jvp(lambda xs: loop(gru, h0, xs, p), (xs,), (t_xs,))
+    close(jv_par, jv_seq, rtol=1e-8, atol=1e-10)
+
+
+def test_vmap_across_devices():
+    h0, xs, p = gru_problem(T=16, D=3)
+    batch = jnp.stack([xs, 0.5 * xs, -xs])
+    out = jax.vmap(lambda xs: recur.scan(gru, h0, xs, p, method="deer", mesh=MESH))(batch)
+    ref = jax.vmap(lambda xs: loop(gru, h0, xs, p))(batch)
+    close(out, ref, rtol=1e-10, atol=1e-11)
+
+
+def test_chaotic_map_falls_back_across_devices():
+    def logistic(h, x):
+        return 3.9 * h * (1 - h)
+    h0 = jnp.asarray([0.3])
+    hs, info = recur.scan(logistic, h0, None, length=203, method="deer", mesh=MESH,
+                          return_info=True)
+    np.testing.assert_array_equal(np.asarray(hs), np.asarray(loop(logistic, h0, None,
+                                                                   length=203)))
+    assert bool(info.fell_back) and not bool(info.converged)
+
+
+# ----------------------------------------------------------------------------- stages
+
+def test_staged_kalman_across_devices():
+    ys = jnp.asarray(np.random.default_rng(0).standard_normal((50, 2)))
+    h0 = {"m": jnp.zeros(4), "P": jnp.eye(4)}
+    for method in ({"['m']": "scan"}, {"['P']": "deer", "['m']": "scan"}):
+        hs, info = recur.scan(kalman_step, h0, ys, method=method, mesh=MESH, return_info=True)
+        np.testing.assert_allclose(hs["m"], reference_filter(ys), rtol=1e-9, atol=1e-10)
+        assert info.converged.shape == (2,) and bool(np.all(info.converged))
+    plan = recur.plan(kalman_step, h0, ys, method={"['P']": "deer", "['m']": "scan"}, mesh=MESH)
+    assert len(plan.layout.communication) == 2
+
+    def loss(ys, run):
+        return jnp.sum(jnp.sin(run(ys)["m"]))
+    par = jax.grad(loss)(ys[:20], lambda ys: recur.scan(
+        kalman_step, h0, ys, method={"['P']": "deer", "['m']": "scan"}, mesh=MESH))
+    seq = jax.grad(loss)(ys[:20], lambda ys: loop(kalman_step, h0, ys))
+    np.testing.assert_allclose(par, seq, rtol=1e-9, atol=1e-12)
+
+
+def test_dsl_recurrence_across_devices():
+    rec = recur.loads("""
+recurrence rnn
+dim D = 3
+param W[D, D]
+input x[D]
+state h[D] = 0
+h' = tanh(W @ h + x)
+""")
+    rng = np.random.default_rng(2)
+    W = jnp.asarray(rng.standard_normal((3, 3)) / 3)
+    xs = {"x": jnp.asarray(rng.standard_normal((30, 3)))}
+    one = rec.scan(rec.init(), xs, {"W": W}, method="deer")
+    many = rec.scan(rec.init(), xs, {"W": W}, method="deer", mesh=MESH)
+    close(many, one, rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- errors
+
+def test_clear_errors_across_devices():
+    h0, xs, p = gru_problem(T=12, D=3)
+    with pytest.raises(recur.PlanError, match="not an axis of the mesh"):
+        recur.scan(gru, h0, xs, p, method="deer", mesh=MESH, axis_name="time")
+    with pytest.raises(recur.PlanError, match="cannot be split over 4 devices"):
+        recur.scan(gru, h0, xs[:3], p, method="deer", mesh=MESH)
+    with pytest.raises(recur.PlanError, match="sequence-parallel form"):
+        recur.scan(gru, h0, xs, p, method="elk", mesh=MESH)
+    with pytest.raises(recur.PlanError, match="window"):
+        recur.scan(gru, h0, xs, p, method="deer", window=4, mesh=MESH)
+    with pytest.raises(recur.PlanError, match="needs a mesh"):
+        recur.scan(gru, h0, xs, p, method="deer", axis_name="t")
