@@ -50,8 +50,11 @@ def test_scan_equals_loop(c):
     assert info.method == "scan"
     if case.length:
         p = recur.plan(case.fn, case.h0, case.xs, case.params, length=case.length, backend="gpu")
-        assert p.method == "scan"
         assert p.stages[0].jacobian == case.expected_jacobian
+        long_xs = jax.tree_util.tree_map(
+            lambda v: jax.ShapeDtypeStruct((1 << 16,) + v.shape[1:], v.dtype), case.xs)
+        p = recur.plan(case.fn, case.h0, long_xs, case.params, length=1 << 16, backend="gpu")
+        assert p.method == "scan"   # long sequences: the cost model picks the parallel scan
 
 
 @settings(max_examples=8)

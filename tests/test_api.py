@@ -37,7 +37,8 @@ def test_decorator_keeps_the_step_and_adds_scan():
     xs = jnp.arange(5.0)
     np.testing.assert_allclose(step.scan(jnp.asarray(1.0), xs, jnp.asarray(0.5)),
                                loop(step.fn, jnp.asarray(1.0), xs, jnp.asarray(0.5)))
-    assert step.plan(jnp.asarray(1.0), xs, jnp.asarray(0.5), backend="gpu").method == "scan"
+    long_xs = jax.ShapeDtypeStruct((4096,), xs.dtype)   # long enough for a GPU scan to pay
+    assert step.plan(jnp.asarray(1.0), long_xs, jnp.asarray(0.5), backend="gpu").method == "scan"
 
     @recur.recurrence(method="sequential")
     def step2(h, x):

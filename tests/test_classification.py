@@ -82,7 +82,8 @@ CATALOG = {
 @pytest.mark.parametrize("name", sorted(CATALOG))
 def test_catalog(name):
     fn, n, kind, jac = CATALOG[name]
-    xs = jax.ShapeDtypeStruct((16, n), jnp.float64)
+    # a long sequence: the cost model sends it to the parallel methods on a GPU
+    xs = jax.ShapeDtypeStruct((4096, n), jnp.float64)
     plan = recur.plan(fn, jax.ShapeDtypeStruct((n,), jnp.float64), xs, backend="gpu")
     (stage,) = plan.stages
     assert (stage.kind, stage.jacobian) == (kind, jac), plan.explain()
@@ -93,6 +94,20 @@ def test_catalog(name):
         assert plan.method in ("deer", "quasi-deer")
         cpu = recur.plan(fn, jax.ShapeDtypeStruct((n,), jnp.float64), xs, backend="cpu")
         assert cpu.method == "sequential"
+        assert "predicted" in cpu.stages[0].why and "predicted" in dict(cpu.stages[0].rejected)[
+            plan.method]
+
+
+def test_cost_model_keeps_short_nonlinear_sequences_on_the_loop_even_on_gpu():
+    def rnn(h, x):
+        return jnp.tanh(0.5 * h + x)
+    h0 = jax.ShapeDtypeStruct((8,), jnp.float32)
+    short = recur.plan(rnn, h0, jax.ShapeDtypeStruct((8, 8), jnp.float32), backend="gpu")
+    long = recur.plan(rnn, h0, jax.ShapeDtypeStruct((100_000, 8), jnp.float32), backend="gpu")
+    assert short.method == "sequential" and long.method == "deer"
+    text = long.explain_passes()
+    assert "== cost ==" in text and "assumed" in text      # GPU constants are not measured
+    assert "predicted time" in dict(long.stages[0].estimates)
 
 
 def test_nonlinear_reason_names_the_term():

@@ -27,7 +27,7 @@ def test_symbolic_and_jaxpr_verdicts_agree(path):
 def test_simplification_makes_affine_and_both_analyses_agree():
     rec = recur.loads("recurrence r\ninput x\nstate h = 2\nh' = (h**2 - 1)/(h - 1) * x\n")
     assert rec.model.kinds == {"h": "affine"}
-    plan = rec.plan(length=4, backend="gpu")
+    plan = rec.plan(length=4096, backend="gpu")
     assert dict(plan.state_kinds) == {"h": "affine"} and plan.method == "scan"
 
 

@@ -6,22 +6,18 @@ own block of the pattern, a verification probe) and gets its own method.  Adjace
 of the same class are merged, so a stage boundary appears only where the class changes
 (a Kalman filter: the covariance, nonlinear; then the mean, affine given it).
 
-Methods available in this version:
+Methods:
 
-* ``deer``, ``quasi-deer``, ``picard``, ``jacobi`` — the iterative solvers of
-  ``runtime/_newton.py`` for stages that are not affine (``auto`` picks ``deer`` on GPU/TPU
-  for diagonal, block and small dense Jacobians, ``quasi-deer`` for large dense ones, and
-  the sequential loop on CPU, where it is fastest);
+* ``deer``, ``quasi-deer``, ``picard``, ``jacobi``, ``elk``, ``quasi-elk`` — the iterative
+  solvers of ``runtime/_newton.py`` for stages that are not affine;
 * ``scan`` — exact associative (chunked) scan, for affine recurrences with inexact
   (float/complex) states: one pass, work ``O(T n)`` (diagonal), ``O(T m k^3)`` (``m``
   blocks of ``k``), ``O(T n^3)`` (dense), depth ``O(log T)`` on parallel hardware;
 * ``sequential`` — the ``lax.scan`` loop: work ``T`` steps, depth ``T``.
 
-``auto`` picks ``scan`` for affine recurrences on GPU/TPU, where it is parallel over time,
-and ``sequential`` on CPU, where the loop is the fastest exact method (the chunked kernel
-runs as a sequential loop there too, plus coefficient extraction and the residual check:
-see ``benchmarks/affine.py``); nonlinear recurrences run ``sequential`` (the DEER-family
-solvers are not part of this version).
+``auto`` takes, per stage, the candidate (``sequential``; ``scan`` for affine stages;
+``deer`` and ``quasi-deer`` otherwise) with the smallest time predicted by the cost model
+of ``_cost.py`` for the plan's backend, among those within the memory budget.
 """
 
 from __future__ import annotations
@@ -35,6 +31,8 @@ from .._dtypes import is_inexact
 from .._errors import PlanError
 from .._plan import KIND_ORDER, Plan, Stage
 from ..runtime._flat import compute_dtype
+from . import _cost
+from ._cost import EXPECTED_ITERATIONS, fmt_seconds
 from ._dependency import Sparsity, jacobian_sparsity
 from ._linearity import Linearity, analyse_linearity
 from ._stages import stage_elements
@@ -235,8 +233,7 @@ def _evidence(kind: str, reasons, checked: Verification, staged: bool) -> str:
     return "not affine in h: " + "; ".join(f"{name} through {r}" for name, r in reasons)
 
 
-EXPECTED_ITERATIONS = {"deer": 5, "quasi-deer": 14, "picard": 50, "jacobi": 50, "elk": 5,
-                       "quasi-elk": 14}
+
 _A_TILDE = {"deer": "the true Jacobian", "quasi-deer": "diag of the Jacobian",
             "picard": "identity", "jacobi": "zero", "elk": "the true Jacobian, damped",
             "quasi-elk": "diag of the Jacobian, damped"}
@@ -320,21 +317,9 @@ _ITERATIVE_WHY = {
            "true Jacobians",
     "quasi-elk": "damped quasi-Newton (Kalman smoother) with the diagonal of the Jacobian",
 }
-_DEER_DENSE_MAX = 64
-
-
-def structure_ok_for_deer(structure_name: str, n: int) -> bool:
-    """Newton pays with this Jacobian: diagonal, blocks or dense up to 64 elements."""
-    if structure_name in ("zero", "identity", "scalar", "diagonal"):
-        return True
-    if structure_name.startswith("block("):
-        return int(structure_name[6:-1]) <= _DEER_DENSE_MAX
-    return n <= _DEER_DENSE_MAX
-
-
 def _choose(requested: str, names, affine: bool, reasons, inexact: bool, bad_dtype,
             checked: Verification, backend: str, need: float = 0.0, budget: float = np.inf,
-            structure_name: str = "dense", n: int = 0):
+            structure_name: str = "dense", n: int = 0, cost=None):
     scan_ok = affine and inexact and checked.affine_ok is not False
     scan_no = ""
     if scan_ok and need > budget:
@@ -369,28 +354,65 @@ def _choose(requested: str, names, affine: bool, reasons, inexact: bool, bad_dty
                             "scan solves it in one pass"), ((requested, "the stage is affine"),)
         return requested, f"requested; {_ITERATIVE_WHY[requested]}", \
             (("scan", scan_no),)
-    if scan_ok and backend == "cpu":
-        return "sequential", ("affine, but on CPU the sequential loop is the fastest exact "
-                              "method: the scan kernel runs as a sequential loop there too, and "
-                              "adds coefficient extraction and the residual check (measured "
-                              "in benchmarks/affine.py)"), \
-            (("scan", "exact and parallel over time, but slower than the loop on CPU"),)
+    return _choose_by_cost(affine, inexact, scan_ok, scan_no, backend, structure_name, n,
+                           cost)
+
+
+def _choose_by_cost(affine, inexact, scan_ok, scan_no, backend, structure_name, n, cost):
+    """``auto``: the candidate with the smallest predicted time (``_cost.py``)."""
+    predicted = {"sequential": cost("sequential")}
+    excluded = []
     if scan_ok:
-        return "scan", ("affine: an exact associative scan, one pass, parallel over time "
-                        f"on {backend}"), \
-            (("sequential", "same result, but no parallelism over time"),)
-    if not affine and inexact and backend != "cpu" and structure_ok_for_deer(structure_name, n):
-        return "deer", (f"not affine; Newton (DEER) with {structure_name} Jacobians, parallel "
-                        f"over time on {backend}, falls back to the loop if it does not "
-                        "converge"), (("scan", scan_no), ("sequential", "no parallelism"))
-    if not affine and inexact and backend != "cpu":
-        return "quasi-deer", (f"not affine; the {structure_name} Jacobian is too large for "
-                              "Newton, so quasi-Newton with its exact diagonal"), \
-            (("scan", scan_no), ("deer", "dense Jacobians T x n x n"))
-    why = ("not affine; on CPU the sequential loop is the fastest exact method (the "
-           "DEER-family solvers pay on parallel hardware)") if not affine else scan_no
-    return "sequential", why, (("scan", scan_no),) + tuple(
-        (m, "slower than the loop on CPU") for m in ("deer", "quasi-deer") if not affine)
+        predicted["scan"] = cost("scan")
+    else:
+        excluded.append(("scan", scan_no))
+    if not affine and inexact:
+        predicted["quasi-deer"] = cost("quasi-deer")
+        deer_bytes = cost.deer_bytes()
+        if deer_bytes > cost.budget:
+            excluded.append(("deer", f"its Jacobians need about {_gb(deer_bytes)}, over the "
+                                     f"memory budget of {_gb(cost.budget)}"))
+        else:
+            predicted["deer"] = cost("deer")
+    best = min(predicted, key=predicted.get)
+    t_best = predicted[best]
+    rejected = tuple((m, f"predicted {fmt_seconds(t)} against {fmt_seconds(t_best)}")
+                     for m, t in sorted(predicted.items(), key=lambda kv: kv[1]) if m != best)
+    rejected += tuple(excluded)
+    head = {"sequential": "the sequential loop", "scan": "an exact associative scan",
+            "deer": f"Newton (DEER) with {structure_name} Jacobians",
+            "quasi-deer": "quasi-Newton with the exact diagonal of the Jacobian"}[best]
+    why = (f"{'affine' if affine else 'not affine'}; {head} is predicted fastest on {backend} "
+           f"({fmt_seconds(t_best)}; cost model: {cost.source_short})")
+    if best in ITERATIVE:
+        why += "; falls back to the loop if it does not converge"
+    return best, why, rejected
+
+
+class _StageCost:
+    """Predicted seconds of each method on one stage (``_cost.predict``)."""
+
+    def __init__(self, backend, T, n, flops, jacobian, structure, budget, itemsize):
+        self.backend, self.T, self.n, self.flops = backend, T, n, flops
+        self.jacobian, self.structure, self.budget = jacobian, structure, budget
+        self.itemsize = itemsize
+        src = _cost.constants(backend).source
+        self.source_short = "measured" if src.startswith("measured") else "assumed"
+        self.source_short += f" constants for {backend}, see `recur.passes._cost`"
+
+    def __call__(self, method):
+        st = self.structure
+        blocks = st.blocks.shape if st.blocks.size else None
+        return _cost.predict(method, backend=self.backend, T=self.T, n=self.n,
+                             flops=self.flops, jacobian=self.jacobian, blocks_shape=blocks,
+                             colours=st.n_colours if getattr(st, "colours", None) is not None
+                             else 0)
+
+    def deer_bytes(self) -> float:
+        st = self.structure
+        m, k = st.blocks.shape if st.blocks.size else (self.n, 1)
+        coeff = {"zero": 0, "diagonal": self.n}.get(st.jacobian, m * k * k)
+        return float(self.T) * (3 * coeff + 4 * self.n) * self.itemsize
 
 
 def _print_pattern(ir: StepIR, sp: Sparsity) -> str:
@@ -445,6 +467,7 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
     backend = "gpu" if backend in ("cuda", "rocm") else backend
 
     sparsity = jacobian_sparsity(ir)
+    step_flops = _cost.jaxpr_flops(ir.jaxpr)
     pattern = sparsity.pattern
     whole = analyse_linearity(ir)
     dtype = compute_dtype([leaf.dtype for leaf in ir.state])
@@ -461,7 +484,7 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
                             f"state; the stages hold {', '.join(sorted(known))}.")
     staged = len(groups) > 1
     leaf_reads, edges = _leaf_reads(ir, pattern)
-    stages, data, notes, verification_text = [], [], [], []
+    stages, data, notes, verification_text, cost_text = [], [], [], [], []
     for index, elements in enumerate(groups):
         sub = pattern[np.ix_(elements, elements)]
         structure = analyse_structure(sub)
@@ -483,12 +506,17 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
                          f"instead of {len(elements)}")
         kind = _kind(structure, affine, linear)
         jac = _jacobian_name(structure, affine, unit, checked, sub)
+        budget = memory_budget(backend, options.get("memory_limit"))
+        cost = _StageCost(backend, ir.length, len(elements), step_flops, jac, structure,
+                          budget, dtype.itemsize)
         chosen, why, rejected = _choose(
             _requested_for(method, names), names, affine, reasons, inexact, bad_dtype,
             checked, backend, need=scan_bytes(structure, ir.length, len(elements),
                                               dtype.itemsize),
-            budget=memory_budget(backend, options.get("memory_limit")),
-            structure_name=jac, n=len(elements))
+            budget=budget, structure_name=jac, n=len(elements), cost=cost)
+        candidates = ["sequential"] + (["scan"] if affine else ["deer", "quasi-deer"])
+        cost_text.append(f"stage {index}: " + ", ".join(
+            f"{m} {fmt_seconds(cost(m))}" for m in candidates))
         probes = _hutchinson_probes(options)
         if probes and chosen in ITERATIVE and chosen != "quasi-deer":
             notes.append(f"stage {index}: diagonal='hutchinson' applies to quasi-deer only; "
@@ -510,7 +538,8 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
             evidence=_evidence(kind, reasons, checked, staged and index > 0), why=why,
             blocks=structure.block_sizes if structure.jacobian.startswith("block") else (),
             estimates=_estimates(chosen, structure, ir.length, len(elements), dtype.itemsize,
-                                 user_jacobian=options.get("jacobian") is not None),
+                                 user_jacobian=options.get("jacobian") is not None)
+            + (("predicted time", fmt_seconds(cost(chosen))),),
             rejected=rejected, colours=structure.n_colours,
             jacobian_note=_jacobian_note(structure, len(elements))))
         data.append(StageData(elements=elements, structure=structure))
@@ -532,6 +561,8 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
         ("linearity", "\n".join(f"{leaf.name}: {lv}" + (f" ({r})" if r else "")
                                 for leaf, lv, r in zip(ir.state, whole.levels, whole.reasons))),
         ("verification", "\n".join(verification_text)),
+        ("cost", f"predicted times ({_cost.constants(backend).source}; "
+                 f"{step_flops:.0f} flops per step)\n" + "\n".join(cost_text)),
         ("lowering", "\n".join(f"stage {i} ({', '.join(st.states)}): {st.method}: {st.why}"
                                for i, st in enumerate(stages))),
     )

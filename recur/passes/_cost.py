@@ -1,0 +1,169 @@
+r"""The cost model: predicted run time of every candidate method of a stage, per backend.
+
+For a stage of ``n`` state elements whose step costs ``F`` flops (counted on the jaxpr:
+``2 m n k`` per matrix product, one per output element otherwise), over ``T`` steps:
+
+.. math::
+   t_\text{sequential} &= T\,(c_\text{loop} + F\,c_\text{loop-flop} + n\,c_\text{loop-elem}) \\
+   t_\text{pass}(J)    &= c_\text{pass} + T (1 + J) (F\, c_\text{map-flop} + n\, c_\text{map-elem})
+        \quad\text{(the step and } J \text{ JVPs evaluated for all } T \text{ at once)}\\
+   t_\text{scan-kernel}(C) &= T\,(c_\text{scan-step} + C\, c_\text{scan-elem}) \\
+   t_\text{scan} &= t_\text{pass}(J) + t_\text{scan-kernel}(C) + t_\text{pass}(0)
+        \quad\text{(coefficients, scan, residual check)} \\
+   t_\text{iterative} &= (k + 1)\,(t_\text{pass}(J) + c_\text{iter}) + k\, t_\text{scan-kernel}(C)
+
+with ``J`` the JVPs per step that build ``Ã`` (1 diagonal, ``k`` for ``block(k)``, the
+colours of a sparse pattern, ``n`` dense; 0 for picard/jacobi), ``C`` the coefficient
+elements the scan combines per step (``n`` diagonal, ``m k^3`` block products, 0 for
+jacobi) and ``k`` the expected iterations.  The constants ``c`` are measured per backend
+by ``benchmarks/calibrate.py`` (each records where it came from); ``auto`` takes the
+method with the smallest predicted time among the exact-or-checked candidates that fit in
+memory.  The model is coarse (no cache effects, no fusion), which is why ``autotune``
+exists; its job is to get the order of magnitude right: the loop's per-step overhead
+against the parallel passes' throughput.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import _jax_adapter as jx
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendConstants:
+    backend: str
+    loop_step_s: float   # fixed cost of one step of a sequential lax.scan
+    loop_flop_s: float   # per flop inside the loop body
+    loop_elem_s: float   # per state element per step of the loop (carry, output write)
+    map_flop_s: float    # per flop of the step evaluated for all steps at once (vmap)
+    map_elem_s: float    # per state element per step of such a pass
+    pass_s: float        # fixed cost of one such parallel pass
+    scan_step_s: float   # per step of the scan kernel with this backend's default chunking
+    scan_elem_s: float   # per coefficient element per step of the scan kernel
+    iteration_s: float   # fixed cost of one solver iteration (while_loop body)
+    source: str = ""
+
+
+CONSTANTS = {
+    "cpu": BackendConstants(
+        "cpu", loop_step_s=1.28e-10, loop_flop_s=2.4e-11, loop_elem_s=1.65e-09,
+        map_flop_s=5.03e-12, map_elem_s=8.4e-10, pass_s=3.4e-05, scan_step_s=1e-15,
+        scan_elem_s=1.88e-09, iteration_s=1.97e-06,
+        source="measured by benchmarks/calibrate.py on cpu (2 cores), jax 0.10.2, "
+               "2026-11-30, load average 1.3"),
+    # No GPU was lent to this project yet: these are assumptions for one H100, to be replaced
+    # by `python -m benchmarks.calibrate` on the device.  A step of a lax.scan on a GPU is at
+    # least one kernel launch plus a host-free loop iteration (~5-10 us, widely reported for
+    # XLA while loops); vmapped passes run near bandwidth (~2 TB/s of the card's 3.35 TB/s,
+    # ~0.25 flop per byte for elementwise steps -> 1e-12 s/flop); the chunked scan streams
+    # its coefficients (~1e-12 s per element); a solver iteration is ~10 kernel launches.
+    "gpu": BackendConstants(
+        "gpu", loop_step_s=8e-6, loop_flop_s=1e-11, loop_elem_s=1e-11, map_flop_s=1e-12,
+        map_elem_s=4e-12, pass_s=2e-5,
+        scan_step_s=5e-11, scan_elem_s=1e-12, iteration_s=5e-5,
+        source="assumed for an NVIDIA H100 (not measured: no GPU was available); see the "
+               "comment in recur/passes/_cost.py"),
+}
+CONSTANTS["tpu"] = dataclasses.replace(
+    CONSTANTS["gpu"], backend="tpu", source="assumed equal to the GPU constants (not measured)")
+
+EXPECTED_ITERATIONS = {"deer": 5, "quasi-deer": 14, "picard": 50, "jacobi": 50, "elk": 5,
+                       "quasi-elk": 14}
+
+
+def constants(backend: str) -> BackendConstants:
+    return CONSTANTS.get(backend, CONSTANTS["gpu"])
+
+
+# ----------------------------------------------------------------------------- flops
+
+def _size(aval) -> int:
+    shape = getattr(aval, "shape", ())
+    return int(np.prod(shape)) if shape else 1
+
+
+def jaxpr_flops(jaxpr) -> float:
+    """Flops of one evaluation of a (closed) jaxpr: ``2 * out * contracted`` per
+    ``dot_general``, the output size for other primitives, sub-jaxprs counted once per
+    call (``scan`` bodies times their length)."""
+    total = 0.0
+    for eqn in jx.as_closed(jaxpr).jaxpr.eqns:
+        name = eqn.primitive.name
+        subs = [v for v in eqn.params.values() if jx.is_jaxpr(v)]
+        subs += [s for v in eqn.params.values() if isinstance(v, (tuple, list))
+                 for s in v if jx.is_jaxpr(s)]
+        if subs:
+            inner = max(jaxpr_flops(s) for s in subs) if name in ("cond", "switch") \
+                else sum(jaxpr_flops(s) for s in subs)
+            total += inner * int(eqn.params.get("length", 1) or 1)
+            continue
+        out = sum(_size(v.aval) for v in eqn.outvars)
+        if name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs_shape = eqn.invars[0].aval.shape
+            k = int(np.prod([lhs_shape[d] for d in lhs_contract])) if lhs_contract else 1
+            total += 2.0 * out * k
+        else:
+            total += out
+    return total
+
+
+def step_flops_of(fn: Callable, h: Any, x: Any) -> float:
+    """Flops of ``fn(h, x)`` (for calibration)."""
+    import jax
+    return jaxpr_flops(jax.make_jaxpr(fn)(h, x))
+
+
+# ----------------------------------------------------------------------------- predictions
+
+def _jvps_and_coefficients(method: str, jacobian: str, n: int, blocks_shape, colours: int):
+    """``(J, C)`` of the module docstring."""
+    if method == "jacobi" or jacobian == "zero":
+        return 0, 0
+    if method == "picard":
+        return 0, 1
+    if jacobian in ("identity", "scalar", "diagonal"):
+        return 1, n
+    m, k = blocks_shape if blocks_shape else (1, n)
+    J = colours if colours else k
+    if method in ("quasi-deer", "quasi-elk"):
+        return J, n
+    return J, m * k ** 3
+
+
+def predict(method: str, *, backend: str, T: int, n: int, flops: float, jacobian: str,
+            blocks_shape=None, colours: int = 0, iterations: int | None = None) -> float:
+    """Predicted seconds of ``method`` on a stage (see the module docstring)."""
+    c = constants(backend)
+    T = max(int(T), 1)
+    F = max(float(flops), 1.0)
+    if method == "sequential":
+        return T * (c.loop_step_s + F * c.loop_flop_s + n * c.loop_elem_s)
+
+    def pass_time(J):
+        return c.pass_s + T * (1 + J) * (F * c.map_flop_s + n * c.map_elem_s)
+
+    J, C = _jvps_and_coefficients(method, jacobian, n, blocks_shape, colours)
+    kernel = 0.0 if C == 0 else T * (c.scan_step_s + C * c.scan_elem_s)
+    if method == "scan":
+        return pass_time(J) + kernel + pass_time(0)
+    k = iterations if iterations is not None else min(EXPECTED_ITERATIONS.get(method, 50), T)
+    return (k + 1) * (pass_time(J) + c.iteration_s) + k * kernel
+
+
+def fmt_seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "inf"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s * 1e9:.3g} ns"
+
+
+__all__ = ["BackendConstants", "CONSTANTS", "constants", "predict", "jaxpr_flops",
+           "step_flops_of", "fmt_seconds", "EXPECTED_ITERATIONS"]
