@@ -101,11 +101,29 @@ def plan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
             verdict = ("contractive: the iterative methods should converge quickly"
                        if lam < 0 else
                        "chaotic: the iterative methods will likely fall back to the loop"
-                       if lam > 0.05 else "marginal: convergence may be slow")
+                       if lam > _CHAOTIC else "marginal: convergence may be slow")
+            iterative = [name for st in the_plan.stages if st.method in _ITERATIVE
+                         for name in st.states]
+            if method == "auto" and lam > _CHAOTIC and iterative:
+                # auto does not bet on a parallel solve that would most likely fall back
+                replanned = make_plan(ir, method={name: "sequential" for name in iterative},
+                                      backend=backend, options=options)
+                why = (f"chaotic along these values (largest Lyapunov exponent {lam:.3g} > "
+                       f"{_CHAOTIC}): a parallel solve would most likely fall back, so auto "
+                       "keeps the loop")
+                stages = tuple(dataclasses.replace(st, why=why) if set(st.states) <= set(iterative)
+                               else st for st in replanned.stages)
+                the_plan = _with_layout(dataclasses.replace(replanned, stages=stages), xs, mesh,
+                                        axis_name)
+                verdict += "; auto keeps the loop for " + ", ".join(iterative)
             the_plan = dataclasses.replace(the_plan, notes=the_plan.notes + (
                 f"largest Lyapunov exponent along the sequential trajectory of these values: "
                 f"{lam:.3g} per step ({verdict})",))
     return the_plan
+
+
+_CHAOTIC = 0.05  # per step; the runtime's early stop uses the same threshold
+_ITERATIVE = ("deer", "quasi-deer", "picard", "jacobi", "elk", "quasi-elk")
 
 
 def _all_arrays(tree) -> bool:

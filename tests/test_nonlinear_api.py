@@ -142,3 +142,14 @@ def test_plan_reports_contractivity_from_concrete_values():
     shapes_only = recur.plan(lambda h, x: 3.9 * h * (1 - h),
                              jax.ShapeDtypeStruct((1,), jnp.float64), None, length=400)
     assert not any("Lyapunov" in n for n in shapes_only.notes)
+
+
+def test_auto_keeps_the_loop_for_a_chaotic_step_given_concrete_values():
+    def logistic(r):
+        return lambda h, x: r * h * (1 - h)
+    long = dict(length=100_000, backend="gpu")   # long enough for Newton to pay on a GPU
+    assert recur.plan(logistic(2.5), jnp.array([0.3]), None, **long).method == "deer"
+    chaotic = recur.plan(logistic(3.9), jnp.array([0.3]), None, **long)
+    assert chaotic.method == "sequential" and "chaotic" in chaotic.stages[0].why
+    shapes_only = recur.plan(logistic(3.9), jax.ShapeDtypeStruct((1,), jnp.float64), None, **long)
+    assert shapes_only.method == "deer"   # values unknown: the runtime's early stop decides
