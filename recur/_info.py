@@ -16,7 +16,10 @@ class Info:
     ``max_t |h_t - f(h_{t-1}, x_t)|`` of the parallel result before any fallback;
     ``converged`` says whether it met ``atol + rtol |h|``; ``fell_back`` whether the
     sequential loop was run instead; ``lyapunov`` is the largest-Lyapunov-exponent estimate
-    of iterative methods (NaN when none ran).
+    of iterative methods (NaN when none ran); ``evaluations`` counts single-step
+    evaluations of the step function (``T`` for the loop; the parallel passes, window
+    sweeps and any fallback loop otherwise; JVPs not counted): the work to compare with
+    the loop's ``T``.
     """
 
     method: str
@@ -25,11 +28,13 @@ class Info:
     converged: jax.Array
     fell_back: jax.Array
     lyapunov: jax.Array
+    evaluations: jax.Array
 
 
 jax.tree_util.register_dataclass(
     Info,
-    data_fields=["iterations", "residual", "converged", "fell_back", "lyapunov"],
+    data_fields=["iterations", "residual", "converged", "fell_back", "lyapunov",
+                 "evaluations"],
     meta_fields=["method"],
 )
 

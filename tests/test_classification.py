@@ -205,3 +205,14 @@ def test_plan_with_shape_dtype_structs_and_backend():
     assert plan.backend == "gpu" and plan.length == 100
     assert plan.stages[0].states == ("['a']",)
     assert "gpu" in plan.explain()
+
+
+def test_size_one_axes_broadcast_keep_the_pattern_sparse():
+    # jax emits `add f32[3,2] f32[3,1]` for these: rows stay independent, block(2)
+    for fn in (lambda x, _: x + jnp.sum(x, -1, keepdims=True), lambda x, _: x * x[:, :1]):
+        plan = recur.plan(fn, jnp.ones((3, 2)), None, length=5)
+        assert plan.stages[0].jacobian == "block(2)"
+        h0 = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (3, 2)))
+        dense = jax.jacfwd(lambda z: fn(z.reshape(3, 2), None).reshape(-1))(h0.reshape(-1))
+        blocks = np.kron(np.eye(3), np.ones((2, 2))).astype(bool)
+        assert not np.any(np.asarray(dense)[~blocks])    # the pattern is sound

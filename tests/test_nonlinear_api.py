@@ -153,3 +153,20 @@ def test_auto_keeps_the_loop_for_a_chaotic_step_given_concrete_values():
     assert chaotic.method == "sequential" and "chaotic" in chaotic.stages[0].why
     shapes_only = recur.plan(logistic(3.9), jax.ShapeDtypeStruct((1,), jnp.float64), None, **long)
     assert shapes_only.method == "deer"   # values unknown: the runtime's early stop decides
+
+
+def test_info_counts_step_evaluations():
+    W = jnp.asarray(RNG.standard_normal((3, 3)) / 3)
+    xs = jnp.asarray(RNG.standard_normal((40, 3)))
+
+    def rnn(h, x):
+        return jnp.tanh(W @ h + x)
+    _, seq = recur.scan(rnn, jnp.zeros(3), xs, method="sequential", return_info=True)
+    _, deer = recur.scan(rnn, jnp.zeros(3), xs, method="deer", return_info=True)
+    _, aff = recur.scan(lambda h, x: 0.5 * h + x, jnp.zeros(3), xs, method="scan",
+                        return_info=True)
+    assert int(seq.evaluations) == 40 and int(aff.evaluations) == 2 * 40 + 1
+    # the initial guess, the pass at it, one pass per iteration
+    assert bool(deer.converged) and int(deer.evaluations) == 40 * (int(deer.iterations) + 2)
+    _, win = recur.scan(rnn, jnp.zeros(3), xs, method="deer", window=8, return_info=True)
+    assert int(win.evaluations) == 40 + 8 * int(win.iterations)

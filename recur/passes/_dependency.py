@@ -111,8 +111,12 @@ def _elementwise(eqn, ins, n):
         s = d.shape[:-1]
         if s == shape:
             term = d
-        elif s == ():
-            term = np.broadcast_to(d, shape + (n,))
+        elif len(s) <= len(shape) and all(a in (1, b) for a, b in
+                                           zip(s[::-1], shape[::-1])):
+            # scalar or size-1 axes broadcast (``add f32[3,2] f32[3,1]``): each output
+            # element reads the one input element it was broadcast from
+            term = np.broadcast_to(d.reshape((1,) * (len(shape) - len(s)) + d.shape),
+                                   shape + (n,))
         else:
             return _full(eqn, ins, n)
         out = term.copy() if out is None else (out | term)

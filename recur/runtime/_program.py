@@ -43,13 +43,12 @@ _CACHE_SIZE = 64
 _programs: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
 
 
-def _info(method, iterations, res, converged, fell_back, lyapunov=None):
-    if lyapunov is None:
-        lyapunov = jnp.full(jnp.shape(iterations), jnp.nan, jnp.float32)
+def _info(method, iterations, res, converged, fell_back, lyapunov, evaluations):
     return Info(method=method, iterations=jnp.asarray(iterations, jnp.int32),
                 residual=jnp.asarray(res), converged=jnp.asarray(converged, bool),
                 fell_back=jnp.asarray(fell_back, bool),
-                lyapunov=jnp.asarray(lyapunov, jnp.float32))
+                lyapunov=jnp.asarray(lyapunov, jnp.float32),
+                evaluations=jnp.asarray(evaluations, jnp.int32))
 
 
 def _unflatten_x(ir, x):
@@ -93,7 +92,9 @@ def _run_plan(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_l
             hs = sequential_scan(step, list(h_leaves), x_per_step, length=T, reverse=ir.reverse)
         zero = jnp.zeros((n_stages,) if n_stages > 1 else (), real_dtype)
         return list(hs), _info(plan.method, jnp.zeros_like(zero, jnp.int32), zero,
-                               jnp.ones_like(zero, bool), jnp.zeros_like(zero, bool))
+                               jnp.ones_like(zero, bool), jnp.zeros_like(zero, bool),
+                               jnp.full_like(zero, jnp.nan, jnp.float32),
+                               jnp.full_like(zero, _sharding.global_length(T), jnp.int32))
 
     if ir.reverse and x_per_step is not None:
         x_per_step = [jnp.flip(v, 0) for v in x_per_step]
@@ -141,12 +142,15 @@ def _run_plan(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_l
 
 def _run_stage(method, f, z0, xs, data, ir, options, in_trace, real_dtype, T, init=None,
                jacobian=None):
-    """One stage: ``(zs, (iterations, residual, converged, fell_back, lyapunov))``."""
+    """One stage: ``(zs, (iterations, residual, converged, fell_back, lyapunov,
+    evaluations))``; ``evaluations`` counts single-step evaluations of the step function
+    (JVPs not counted), the fallback loop included, to compare with ``T`` for the loop."""
     nan = jnp.asarray(jnp.nan, jnp.float32)
+    T_all = _sharding.global_length(T)
     if method == "sequential":
         zs = sequential_scan(f, z0, xs, length=T)
         return zs, (jnp.asarray(0, jnp.int32), jnp.zeros((), real_dtype), jnp.asarray(True),
-                    jnp.asarray(False), nan)
+                    jnp.asarray(False), nan, jnp.asarray(T_all, jnp.int32))
     tol = default_tolerance([leaf.dtype for leaf in ir.state])
     rtol = options.get("rtol") if options.get("rtol") is not None else tol
     atol = options.get("atol") if options.get("atol") is not None else tol
@@ -162,8 +166,9 @@ def _run_stage(method, f, z0, xs, data, ir, options, in_trace, real_dtype, T, in
             fell_back = ~ok
         elif on_failure == "raise" and in_trace:
             _raise_at_run_time(ok, res, method)
+        evals = st["evaluations"] + jnp.where(fell_back, T_all, 0)
         return zs, (st["iterations"].astype(jnp.int32), res, ok, fell_back,
-                    st["lyapunov"].astype(jnp.float32))
+                    st["lyapunov"].astype(jnp.float32), evals.astype(jnp.int32))
     zs = solve_affine(f, z0, xs, data.structure, T)
     if options.get("check", True):
         res, ok = residual(f, z0, zs, xs, rtol=rtol, atol=atol)
@@ -174,7 +179,11 @@ def _run_stage(method, f, z0, xs, data, ir, options, in_trace, real_dtype, T, in
             _raise_at_run_time(ok, res, method)
     else:
         res, ok = jnp.asarray(jnp.nan, real_dtype), jnp.asarray(True)
-    return zs, (jnp.asarray(1, jnp.int32), res.astype(real_dtype), ok, fell_back, nan)
+    # the coefficients (b_t = f(0, x_t)) and f(z0, x_0), the check, the fallback
+    evals = T_all + 1 + (T_all if options.get("check", True) else 0) + \
+        jnp.where(fell_back, T_all, 0)
+    return zs, (jnp.asarray(1, jnp.int32), res.astype(real_dtype), ok, fell_back, nan,
+                jnp.asarray(evals, jnp.int32))
 
 
 def _raise_at_run_time(ok, res, method: str) -> None:
