@@ -1,39 +1,111 @@
-"""The benchmark harness: ``python -m benchmarks [--suite affine,nonlinear,planning]
-[--quick] [--out-dir benchmarks/results]``.
+"""The benchmark harness: ``python -m benchmarks [--suite affine,nonlinear,...] [--quick]
+[--out-dir benchmarks/results] [--no-plot]``.
 
 Runs the chosen suites of BENCHMARKS.md on the current device (each suite compares its
 candidates in the same process, on the same data), writes one JSON file per suite named
-after the device (``<platform>-<suite>.json``) and a markdown summary
-(``<platform>-summary.md``).
+after the device (``<platform>-<suite>.json``; ``<platform>-quick-<suite>.json`` with
+``--quick``, so a smoke run never overwrites recorded results), with the load average at the
+start and end of the suite (the CPU machines are shared), a markdown summary of every
+result file of that prefix in the folder (``<prefix>-summary.md``) and PNG plots
+(``benchmarks/plots.py``).
+
+Suites: ``affine`` (diag-scan, dense-affine), ``nonlinear`` (gru, lstm, lorenz96, logistic),
+``planning``, ``baselines`` (recur's deer vs a hand-written minimal DEER on the gru reference
+problem, speed-up vs T, profile; pararnn-torch when installed), ``heads``, ``kalman``
+(dynamax when installed), ``mcmc`` (mala, hmc), ``ddim``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import time
 
 import jax
 from rich.progress import Progress
 
-SUITES = ("affine", "nonlinear", "planning")
+from ._common import device_info, loadavg
+
+SUITES = ("affine", "nonlinear", "planning", "baselines", "heads", "kalman", "mcmc", "ddim")
+
+_COLUMNS = ("workload", "dtype", "D", "n", "T", "method", "ran", "iterations",
+            "minimal_iterations", "evaluations", "converged", "fell_back", "median_s",
+            "min_s", "max_s", "compile_s", "max_abs_err", "max_abs_err_numpy",
+            "speedup_vs_ref", "speedup_vs_loop", "over_minimal", "over_minimal_loop_solve",
+            "auto_over_fastest", "auto_over_fastest_min")
+_MS = ("median_s", "min_s", "max_s")
 
 
-def _markdown(suite: str, records: list[dict]) -> str:
+def _cell(k, v) -> str:
+    if v is None:
+        return ""
+    if k in _MS:
+        return f"{v * 1e3:.3g} ms" if v < 1 else f"{v * 1e3:.0f} ms"
+    if k == "compile_s":
+        return f"{v:.2f} s"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _markdown(suite: str, data: dict) -> str:
+    records = data.get("records", [])
+    head = [f"## {suite}", ""]
+    meta = [f"{k} {data[k]}" for k in ("device", "cpu_model", "cpu_count", "jax",
+                                       "loadavg_start", "loadavg_end") if k in data]
+    if meta:
+        head += ["(" + ", ".join(meta) + ")", ""]
+    for name, peer in (data.get("peers") or {}).items():
+        head += [f"peer {name}: {'ran' if peer['available'] else 'skipped'} ({peer['why']})",
+                 ""]
     if not records:
-        return f"## {suite}\n\n(no records)\n"
-    keys = [k for k in ("workload", "dtype", "T", "D", "n", "method", "ran", "iterations",
-                        "converged", "fell_back", "median_s", "compile_s", "max_abs_err",
-                        "speedup_vs_ref") if k in records[0]]
-    lines = [f"## {suite}", "", "| " + " | ".join(keys) + " |",
-             "|" + "---|" * len(keys)]
+        return "\n".join(head + ["(no records)", ""])
+    keys = [k for k in _COLUMNS if any(k in r for r in records)]
+    lines = head + ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in records:
-        cells = []
-        for k in keys:
-            v = r.get(k)
-            cells.append(f"{v * 1e3:.3f} ms" if k == "median_s" else
-                         f"{v:.3g}" if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
+        if "skipped" in r or "error" in r:
+            why = r.get("skipped") or r.get("error")
+            cells = [_cell(k, r.get(k)) for k in keys]
+            cells[keys.index("method")] = f"{r.get('method')} — " + \
+                ("skipped: " if "skipped" in r else "ERROR: ") + why.replace("|", "/")
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        lines.append("| " + " | ".join(_cell(k, r.get(k)) for k in keys) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _stamp(path: str, load_start, load_end, seconds: float) -> None:
+    """Add device, load average and wall time to a suite's JSON (older suites do not)."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return
+    for k, v in device_info().items():
+        data.setdefault(k, v)
+    data["loadavg_start"] = load_start
+    data["loadavg_end"] = load_end
+    data["suite_wall_s"] = round(seconds, 1)
+    with open(path, "w") as fh:
+        json.dump(data, fh, indent=1)
+
+
+def write_summary(out_dir: str, prefix: str) -> str:
+    dev = jax.devices()[0]
+    lines = [f"# recur benchmarks on {dev.device_kind} ({dev.platform})", "",
+             "Generated by `python -m benchmarks` from the JSON files beside this one "
+             "(one section per suite; times are medians of >= 5 calls after compilation, "
+             "on a shared 2-core machine: see the load averages).", ""]
+    for suite in SUITES:
+        path = os.path.join(out_dir, f"{prefix}-{suite}.json")
+        if os.path.exists(path):
+            with open(path) as fh:
+                lines.append(_markdown(suite, json.load(fh)))
+    path = os.path.join(out_dir, f"{prefix}-summary.md")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines))
+    return path
 
 
 def main(argv=None) -> None:
@@ -41,6 +113,9 @@ def main(argv=None) -> None:
     p.add_argument("--suite", default=",".join(SUITES))
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out-dir", default=os.path.join(os.path.dirname(__file__), "results"))
+    p.add_argument("--plot", action="store_true",
+                   help="(default) write the PNG plots; kept for scripts that pass it")
+    p.add_argument("--no-plot", action="store_true", help="do not write the PNG plots")
     args = p.parse_args(argv)
     suites = [s for s in args.suite.split(",") if s]
     unknown = sorted(set(suites) - set(SUITES))
@@ -48,24 +123,25 @@ def main(argv=None) -> None:
         p.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
     os.makedirs(args.out_dir, exist_ok=True)
     platform = jax.devices()[0].platform
-    summary = [f"# recur benchmarks on {jax.devices()[0].device_kind} ({platform})", ""]
+    prefix = f"{platform}-quick" if args.quick else platform
     with Progress() as progress:
         task = progress.add_task("suites", total=len(suites))
         for suite in suites:
             progress.update(task, description=f"suite {suite}")
             module = __import__(f"benchmarks.{suite}", fromlist=["main"])
-            out = os.path.join(args.out_dir, f"{platform}-{suite}.json")
+            out = os.path.join(args.out_dir, f"{prefix}-{suite}.json")
             argv_suite = ["--out", out] + (["--quick"] if args.quick and suite != "planning"
                                            else [])
             if suite == "planning" and args.quick:
                 argv_suite += ["--sizes", "64,256"]
-            records = module.main(argv_suite) or []
-            summary.append(_markdown(suite, records))
+            load_start, t0 = loadavg(), time.perf_counter()
+            module.main(argv_suite)
+            _stamp(out, load_start, loadavg(), time.perf_counter() - t0)
             progress.advance(task)
-    path = os.path.join(args.out_dir, f"{platform}-summary.md")
-    with open(path, "w") as fh:
-        fh.write("\n".join(summary))
-    print(f"wrote {path}")
+    print(f"wrote {write_summary(args.out_dir, prefix)}")
+    if not args.no_plot:
+        from .plots import make_plots
+        make_plots(args.out_dir, prefix)
 
 
 if __name__ == "__main__":

@@ -2,25 +2,24 @@
 
     python -m benchmarks.nonlinear [--quick] [--out results.json]
 
-Every recur method on the same data in the same run, plus hand-written ``lax.scan``:
-median of 5 jitted calls after compilation (compile time separately), iterations,
-converged / fell back, residual, max abs error against ``lax.scan``.  The GRU rows use the
-DEER reference problem: hidden D, input width D, inputs ~ N(0, 1), weights ~ N(0, 1/D),
-zero biases, h0 = 0, float32, converged = residual <= 1e-5 (rtol = atol = 1e-5).
+Every recur method on the same data in the same run, plus hand-written ``lax.scan``: all
+compiled first (compile time separately), then timed round-robin, median of >= 5 calls
+(``benchmarks/_common.py``); iterations, converged / fell back, residual, max abs error
+against ``lax.scan``.  The GRU rows use the DEER reference problem: hidden D, input width
+D, inputs ~ N(0, 1), weights ~ N(0, 1/D), zero biases, h0 = 0, float32, converged =
+residual <= 1e-5 (rtol = atol = 1e-5; ``benchmarks/baselines.py`` uses rtol = 0, the
+minimal DEER's absolute test).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import recur
+from ._common import compare, finish_workload, loadavg, write_json
 
 METHODS = ("sequential", "deer", "quasi-deer", "jacobi", "auto")
 
@@ -65,27 +64,14 @@ def logistic_problem(T: int, r: float):
     return step, jnp.full((1,), 0.3, jnp.float32), None
 
 
-def run_one(name, step, h0, xs, T, method, reps, tol):
-    opts = dict(rtol=tol, atol=tol)
-    fn = jax.jit(lambda h0, xs: recur.scan(step, h0, xs, length=T, method=method,
-                                           return_info=True, **opts))
-    start = time.perf_counter()
-    hs, info = jax.block_until_ready(fn(h0, xs))
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(h0, xs))
-        times.append(time.perf_counter() - start)
-    return hs, info, compile_s, times
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out")
     p.add_argument("--reps", type=int, default=5)
     args = p.parse_args(argv)
+    reps = max(args.reps, 5)
+    load_start = loadavg()
     T_gru = 512 if args.quick else 4096
     problems = [(f"gru D={D}", *gru_problem(D, T_gru), T_gru, 1e-5)
                 for D in ((8,) if args.quick else (8, 16, 32))]
@@ -94,48 +80,32 @@ def main(argv=None):
     problems += [(f"logistic r={r}", *logistic_problem(1000, r), 1000, 1e-5) for r in (2.5, 3.9)]
     records = []
     for name, step, h0, xs, T, tol in problems:
-        loop = jax.jit(lambda h0, xs, step=step, T=T: jax.lax.scan(
-            lambda h, x: (step(h, x),) * 2, h0, xs, length=T)[1])
-        ref = jax.block_until_ready(loop(h0, xs))
-        t_loop = statistics.median(
-            [_timed(loop, h0, xs) for _ in range(args.reps)])
-        for method in METHODS:
-            hs, info, compile_s, times = run_one(name, step, h0, xs, T, method, args.reps, tol)
-            err = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-                      for a, b in zip(jax.tree_util.tree_leaves(hs),
-                                      jax.tree_util.tree_leaves(ref)))
-            rec = {"workload": name, "T": T, "method": method, "ran": info.method,
-                   "iterations": int(np.max(info.iterations)),
-                   "converged": bool(np.all(info.converged)),
-                   "fell_back": bool(np.any(info.fell_back)),
-                   "residual": float(np.max(info.residual)),
-                   "lyapunov": float(np.nanmax(np.atleast_1d(info.lyapunov)))
-                   if np.any(np.isfinite(info.lyapunov)) else None,
-                   "median_s": statistics.median(times), "min_s": min(times),
-                   "max_s": max(times), "compile_s": compile_s, "max_abs_err": err,
-                   "lax_scan_s": t_loop}
-            records.append(rec)
-            print(f"{name:16s} {method:11s} ran {rec['ran']:11s} it {rec['iterations']:3d} "
+        # every candidate compiled first, then timed round-robin (benchmarks/_common.py)
+        recs, _ = compare(step, h0, xs, None, T=T, candidates=[(m, m, {}) for m in METHODS],
+                          reps=reps, tol=tol)
+        t_loop = recs[0]["median_s"]
+        recs = finish_workload(recs[1:] + recs[:1], name, {"T": T, "tol": tol})
+        for rec in recs:
+            rec["lax_scan_s"] = t_loop
+            if rec["method"] == "lax.scan":
+                continue
+            if "error" in rec:
+                print(f"{name:16s} {rec['method']:11s} ERROR {rec['error'][:100]}", flush=True)
+                continue
+            print(f"{name:16s} {rec['method']:11s} ran {rec['ran']:11s} it {rec['iterations']:3d} "
                   f"conv {rec['converged']!s:5s} fb {rec['fell_back']!s:5s} "
-                  f"res {rec['residual']:.1e} err {err:.1e} "
+                  f"res {rec['residual']:.1e} err {rec['max_abs_err']:.1e} "
                   f"{rec['median_s'] * 1e3:8.2f} ms (lax.scan {t_loop * 1e3:.2f} ms, "
-                  f"ratio {t_loop / rec['median_s']:.2f}x) compile {compile_s:.2f}s", flush=True)
+                  f"ratio {t_loop / rec['median_s']:.2f}x) compile {rec['compile_s']:.2f}s",
+                  flush=True)
+        records += [r for r in recs if r["method"] != "lax.scan"]
     print("auto / fastest of recur's methods (same run; target <= 1.1 on CPU):")
-    for name in dict.fromkeys(r["workload"] for r in records):
-        ours = {r["method"]: r["median_s"] for r in records if r["workload"] == name}
-        print(f"  {name:16s} {ours['auto'] / min(ours.values()):.2f}")
-    if args.out:
-        dev = jax.devices()[0]
-        with open(args.out, "w") as fh:
-            json.dump({"device": dev.device_kind, "platform": dev.platform,
-                       "jax": jax.__version__, "records": records}, fh, indent=1)
+    for r in records:
+        if "auto_over_fastest" in r:
+            print(f"  {r['workload']:16s} {r['auto_over_fastest']:.2f} "
+                  f"(by min time {r['auto_over_fastest_min']:.2f})")
+    write_json(args.out, "nonlinear", records, load_start)
     return records
-
-
-def _timed(fn, *a):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*a))
-    return time.perf_counter() - start
 
 
 if __name__ == "__main__":
