@@ -27,7 +27,8 @@ from rich.progress import Progress
 
 from ._common import device_info, loadavg
 
-SUITES = ("affine", "nonlinear", "planning", "baselines", "heads", "kalman", "mcmc", "ddim")
+SUITES = ("affine", "nonlinear", "planning", "baselines", "heads", "kalman", "mcmc", "ddim",
+          "sharding")
 
 _COLUMNS = ("workload", "dtype", "D", "n", "T", "method", "ran", "iterations",
             "minimal_iterations", "evaluations", "converged", "fell_back", "median_s",
