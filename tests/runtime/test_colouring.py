@@ -221,7 +221,7 @@ def test_jvp_count_drops(l96, monkeypatch):
     s = structure_of(step, h0, xs)
     plain = dataclasses.replace(s, colours=None, pattern=None)
     seen: list[int] = []
-    direct, shifted = _newton._direct_per_step, _newton._shift_per_step
+    direct, shifted = _newton._tangent_columns, _newton._shift_per_step
 
     def spy(make):
         def wrapped(*args):
@@ -232,7 +232,7 @@ def test_jvp_count_drops(l96, monkeypatch):
                 return per_step(U)
             return counted
         return wrapped
-    monkeypatch.setattr(_newton, "_direct_per_step", spy(direct))
+    monkeypatch.setattr(_newton, "_tangent_columns", spy(direct))
     monkeypatch.setattr(_newton, "_shift_per_step", spy(shifted))
     for st_, expected in ((s, 4), (plain, D)):
         for method in ("deer", "quasi-deer"):
@@ -292,7 +292,8 @@ def test_extraction_from_colours_respects_structural_zeros(monkeypatch):
     s = analyse_structure(pattern)
     assert s.colours is not None and s.n_colours == 3
     J = jnp.asarray(np.where(pattern, rng.standard_normal((T, n, n)), 0.0))
-    per_step = _newton._direct_per_step(lambda V: jnp.einsum("tij,tj->ti", J, V), T, n)
+    def per_step(U):  # time-major columns: (T, n, B)
+        return jnp.einsum("tij,bj->tib", J, U)
     E = jnp.asarray(_newton._colouring(s, n, jnp.float64))
     assert E.shape == (3, n)
     np.testing.assert_array_equal(_newton._jacobian_from_cols(per_step(E), s, n)[:, 0], J)
