@@ -87,9 +87,9 @@ def main():
     plan = recur.plan(lorenz96, x0, None, length=T)
     print(plan.explain())
     gpu = recur.plan(lorenz96, x0, None, length=T, backend="gpu")
-    print(f"-> auto on {platform}: {plan.method}. On a GPU the plan would pick {gpu.method!r} "
-          f"(the cost model does not weigh the positive Lyapunov exponent above); it would fall back "
-          f"at run time, as forced deer does below.")
+    print(f"-> auto on {platform}: {plan.method}. On a GPU the plan picks {gpu.method!r}: "
+          f"{gpu.stages[0].why}. Forced whole-sequence Newton falls back at run time, as "
+          "deer does below.")
     print()
 
     f_loop = jax.jit(loop)

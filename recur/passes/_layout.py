@@ -12,7 +12,7 @@ devices, ``s`` bytes per element):
   iterate crosses each device boundary once (``n s``), the scan gathers the ``D`` chunk
   summaries (``D (|P| + n) s``, ``|P|`` = ``n`` diagonal, ``m k^2`` blocks, 0 for
   ``jacobi``), the stopping test is two scalar all-reduces; the Lyapunov estimate adds one
-  shifted vector per sweep (8 at the first iteration, 4 later);
+  shifted vector per sweep (8 at the first iteration, 2 later);
 * ``scan``: one gather of summaries, plus one shift and the all-reduces of the check;
 * ``sequential``: ``D - 1`` rounds, each passing one state (``n s``) to the next device.
 """
@@ -61,7 +61,7 @@ def _communication(stage, data, devices: int, itemsize: int) -> str:
                 f"({_bytes(state)}, ppermute) and 2 scalar all-reduces for the check")
     return (f"per iteration: boundary state {_bytes(state)} (ppermute), all_gather of chunk "
             f"summaries {_bytes(summary)}, 2 scalar all-reduces; + {_bytes(state)} per "
-            f"Lyapunov sweep (8 at the first iteration, 4 later)")
+            f"Lyapunov sweep (8 at the first iteration, 2 later)")
 
 
 def attach_layout(plan: Plan, mesh: Any, axis_name: str) -> Plan:

@@ -80,9 +80,11 @@ current iterate from the *true* Jacobians:
   ``λ = mean_t log|J_t V_{t-1}|`` over the last sweep.  After ``s`` sweeps ``V_t`` has been pushed through the ``s`` Jacobians
   ``J_{t-s+1} .. J_t`` (a finite-time estimate over windows of length ``s`` ending at every
   ``t``), so the transient of the random start fades as sweeps accumulate: 8 sweeps at the
-  initial guess and 4 per later iteration, the vectors carried from one iteration to the
-  next (20 Jacobians deep when the early stop can first act; 16 at the start cost 17% of
-  deer's time on the GRU reference, D = 32).  Compared with a windowed sequential power iteration (32-step windows, tried first)
+  initial guess and 2 per later iteration, the vectors carried from one iteration to the
+  next (14 Jacobians deep when the early stop can first act).  The sweeps are the price of
+  the chaos detection: measured on the GRU reference (D = 16, T = 4096), 16 + 4 per
+  iteration took 27% of deer's time; 8 + 2 brings deer within 1.01-1.12x of a minimal
+  hand-written DEER (``benchmarks/baselines.py``).  Compared with a windowed sequential power iteration (32-step windows, tried first)
   it gave the same estimates on Lorenz-96 and the GRU at a fraction of the compile time.
 
 Steps with ``J_t v = 0`` count as ``log(tiny)``; non-finite steps are skipped.  When
@@ -211,9 +213,9 @@ _ELK_STALL_ITERS = 5
 _DIVERGENCE_LYAPUNOV = 0.05
 _MIN_ITERS_BEFORE_STOP = 3
 # Power-iteration sweeps along time per evaluation (the first, at the initial guess, and
-# each later one): after k iterations the vectors have been through 8 + 4 k Jacobians.
+# each later one): after k iterations the vectors have been through 8 + 2 k Jacobians.
 _LYAP_SWEEPS_FIRST = 8
-_LYAP_SWEEPS = 4
+_LYAP_SWEEPS = 2
 # Largest number of Jacobian entries (T x colours x n) materialised at once by quasi-DEER.
 _DIAG_CHUNK_ELEMENTS = 1 << 24
 
