@@ -45,9 +45,12 @@ def _run(name):
 
 
 @pytest.fixture(scope="module")
-def runs():
+def runs(request):
+    # only the scripts whose tests were selected (``-k``), two at a time
+    selected = [item.callspec.params["name"] for item in request.session.items
+                if getattr(item, "originalname", None) == "test_example_script"]
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(_run, name) for name in SCRIPTS}
+        futures = {name: pool.submit(_run, name) for name in selected}
         return {name: f.result() for name, f in futures.items()}
 
 
