@@ -170,3 +170,23 @@ def test_info_counts_step_evaluations():
     assert bool(deer.converged) and int(deer.evaluations) == 40 * (int(deer.iterations) + 2)
     _, win = recur.scan(rnn, jnp.zeros(3), xs, method="deer", window=8, return_info=True)
     assert int(win.evaluations) == 40 + 8 * int(win.iterations)
+
+
+def test_lyapunov_false_skips_the_estimate_not_the_check():
+    W = jnp.asarray(RNG.standard_normal((4, 4)) / 4)
+    xs = jnp.asarray(RNG.standard_normal((30, 4)))
+
+    def rnn(h, x):
+        return jnp.tanh(W @ h + x)
+    hs, info = recur.scan(rnn, jnp.zeros(4), xs, method="deer", lyapunov=False,
+                          return_info=True)
+    close(hs, loop(rnn, jnp.zeros(4), xs), 1e-10)
+    assert bool(info.converged) and np.isnan(float(info.lyapunov))
+    # a chaotic map still never returns a wrong trajectory: it runs to max_iters, falls back
+    logistic = lambda h, x: 3.9 * h * (1 - h)  # noqa: E731
+    hs, info = recur.scan(logistic, jnp.array([0.3]), None, length=200, method="deer",
+                          lyapunov=False, max_iters=10, return_info=True)
+    close(hs, loop(logistic, jnp.array([0.3]), None, length=200), 0)
+    assert bool(info.fell_back) and int(info.iterations) == 10
+    with pytest.raises(recur.PlanError, match="lyapunov"):
+        recur.scan(rnn, jnp.zeros(4), xs, method="deer", lyapunov="no")

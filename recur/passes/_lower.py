@@ -46,7 +46,7 @@ NOT_YET: tuple[str, ...] = ()
 WINDOW_METHODS = ("deer", "quasi-deer", "picard", "jacobi")
 ON_FAILURE = ("sequential", "raise", "ignore")
 OPTIONS = ("rtol", "atol", "max_iters", "on_failure", "init", "jacobian", "check", "verify",
-           "chunk", "memory_limit", "window", "diagonal", "probes")
+           "chunk", "memory_limit", "window", "diagonal", "probes", "lyapunov")
 # quasi-DEER's diag(J_t): "exact" (from the structure's colouring) or "hutchinson" (an
 # unbiased estimate from ``probes`` Rademacher probes; the solver only).
 DIAGONALS = ("exact", "hutchinson")
@@ -71,6 +71,8 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
         raise PlanError(f"window must be a positive integer, got {out['window']!r}.")
     if "chunk" in out and out["chunk"] is not None and int(out["chunk"]) < 1:
         raise PlanError(f"chunk must be a positive integer, got {out['chunk']!r}.")
+    if not isinstance(out.get("lyapunov", True), bool):
+        raise PlanError(f"lyapunov must be True or False, got {out['lyapunov']!r}.")
     diagonal = out.get("diagonal", "exact")
     if diagonal not in DIAGONALS:
         raise PlanError(f"diagonal={diagonal!r}; use one of {', '.join(map(repr, DIAGONALS))}.")

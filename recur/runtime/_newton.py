@@ -591,13 +591,15 @@ def _initial_a(kind, method, structure, T, n, dtype):
     return jnp.zeros((T, m, k, k), dtype)
 
 
-def _lyapunov_tools(n, T, dtype, lyap_exact):
+def _lyapunov_tools(n, T, dtype, lyap_exact, enabled=True):
     rdt = _real_dtype(dtype)
     u0 = np.random.default_rng(20240531).standard_normal(n)
     u0 = jnp.asarray((u0 / max(float(np.linalg.norm(u0)), 1e-300)).astype(np.dtype(dtype)))
     V0 = jnp.broadcast_to(u0, (T, n))
 
     def lyapunov(a, jvp_all, V, first):
+        if not enabled:  # lyapunov=False: no estimate (NaN never triggers the early stop)
+            return jnp.asarray(jnp.nan, rdt), V
         if lyap_exact:
             return _lyapunov_diag(a), V
         sweeps = jnp.where(first, _LYAP_SWEEPS_FIRST, _LYAP_SWEEPS)
@@ -610,7 +612,8 @@ def _lyapunov_tools(n, T, dtype, lyap_exact):
     return V0, lyapunov
 
 
-def _iterate(f: Flat, z0, xs, guess, *, method, structure, rtol, atol, max_iters, jacobian):
+def _iterate(f: Flat, z0, xs, guess, *, method, structure, rtol, atol, max_iters, jacobian,
+             lyapunov=True):
     T, n = guess.shape
     dtype = guess.dtype
     rdt = _real_dtype(dtype)
@@ -625,7 +628,7 @@ def _iterate(f: Flat, z0, xs, guess, *, method, structure, rtol, atol, max_iters
         fz, a, jvp_all = ev(P, xs)
         return P, fz, a, jvp_all
 
-    V0, lyapunov = _lyapunov_tools(n, T, dtype, lyap_exact)
+    V0, lyap = _lyapunov_tools(n, T, dtype, lyap_exact, lyapunov)
 
     # The loop starts at k = -1 with Ã = 0 and f(z̃_{t-1}) := guess, so that its first pass
     # "solves" z = guess exactly and evaluates there: the evaluation, Jacobians and
@@ -646,7 +649,7 @@ def _iterate(f: Flat, z0, xs, guess, *, method, structure, rtol, atol, max_iters
         z_new = jnp.where(jnp.isfinite(z_new) | ~jnp.isfinite(fz), z_new, fz)
         P, fz, a, jvp_all = evaluate(z_new)
         res, ok = _check(z_new, fz, rtol, atol)
-        lam, V = lyapunov(a, jvp_all, s["V"], s["k"] < 0)
+        lam, V = lyap(a, jvp_all, s["V"], s["k"] < 0)
         k = s["k"] + 1
         hist = s["hist"].at[k].set(res)
         stalled = ~(res < s["res"])
@@ -783,7 +786,7 @@ def _merit(z, fz):
 
 
 def _iterate_elk(f: Flat, z0, xs, guess, *, method, structure, rtol, atol, max_iters,
-                 jacobian):
+                 jacobian, lyapunov=True):
     """ELK: Levenberg--Marquardt steps (see the module docstring)."""
     T, n = guess.shape
     dtype = guess.dtype
@@ -791,7 +794,7 @@ def _iterate_elk(f: Flat, z0, xs, guess, *, method, structure, rtol, atol, max_i
     kind, use_user, lyap_exact, needs_jvp, E = _setup(method, structure, jacobian, n, dtype)
     ev = _make_evaluate(f, method, structure, kind, jacobian, lyap_exact, needs_jvp, E, n,
                         dtype)
-    V0, lyapunov = _lyapunov_tools(n, T, dtype, lyap_exact)
+    V0, lyap = _lyapunov_tools(n, T, dtype, lyap_exact, lyapunov)
     lam_max = _ELK_LAMBDA_MAX[jnp.dtype(rdt).itemsize >= 8]
 
     def evaluate(z):
@@ -823,7 +826,7 @@ def _iterate_elk(f: Flat, z0, xs, guess, *, method, structure, rtol, atol, max_i
         P2, fz2, a2, jvp2 = evaluate(z_new)
         phi2 = _merit(z_new, fz2)
         res2, ok2 = _check(z_new, fz2, rtol, atol)
-        lam2, V2 = lyapunov(a2, jvp2, s["V"], first)
+        lam2, V2 = lyap(a2, jvp2, s["V"], first)
         phi = s["phi"]
         pred = phi - model
         actual = phi - phi2
@@ -939,7 +942,7 @@ def _tangent_solve(g: Callable, y: jax.Array, structure: Structure) -> jax.Array
 # ----------------------------------------------------------------------------- public
 
 def solve_nonlinear(f, z0, xs, *, method, structure, length, rtol, atol, max_iters=None,
-                    init=None, jacobian=None, window=None):
+                    init=None, jacobian=None, window=None, lyapunov=True):
     """All ``T = length`` states of ``z_t = f(z_{t-1}, x_t)``, ``z_{-1} = z0``, in parallel.
 
     Args:
@@ -957,6 +960,9 @@ def solve_nonlinear(f, z0, xs, *, method, structure, length, rtol, atol, max_ite
       jacobian: optional ``jacobian(z, x) -> (n,)`` diagonal approximation of ``∂f/∂z``,
         used as ``Ã`` by ``quasi-deer`` (and by ``deer`` on a diagonal structure); the
         derivatives always use the true Jacobians.
+      lyapunov: estimate the largest Lyapunov exponent while iterating and stop early on
+        chaos (default); ``False`` skips the sweeps (``lyapunov`` NaN in the stats) for
+        models known to be contractive.
       window: ``None`` (iterate on the whole sequence) or ``W >= 1``: sliding windows of
         ``W`` steps (deer, quasi-deer, picard, jacobi; ``W >= T`` is the whole sequence);
         ``max_iters`` then counts sweeps, default ``T + 1`` (always enough).
@@ -1023,9 +1029,9 @@ def solve_nonlinear(f, z0, xs, *, method, structure, length, rtol, atol, max_ite
         if window is not None:
             zs, stats = _iterate_windowed(f, z0, xs, guess, window=window, **kw)
         elif method in ("elk", "quasi-elk"):
-            zs, stats = _iterate_elk(f, z0, xs, guess, **kw)
+            zs, stats = _iterate_elk(f, z0, xs, guess, lyapunov=lyapunov, **kw)
         else:
-            zs, stats = _iterate(f, z0, xs, guess, **kw)
+            zs, stats = _iterate(f, z0, xs, guess, lyapunov=lyapunov, **kw)
         # aux values travel through custom_root's custom_jvp: keep them inexact
         aux = dict(iterations=stats["iterations"].astype(rdt),
                    converged=stats["converged"].astype(rdt), residual=stats["residual"],

@@ -159,7 +159,8 @@ def _run_stage(method, f, z0, xs, data, ir, options, in_trace, real_dtype, T, in
     if method in ITERATIVE_METHODS:
         zs, st = solve_nonlinear(f, z0, xs, method=method, structure=data.structure, length=T,
                                  rtol=rtol, atol=atol, max_iters=options.get("max_iters"),
-                                 init=init, jacobian=jacobian, window=options.get("window"))
+                                 init=init, jacobian=jacobian, window=options.get("window"),
+                                 lyapunov=bool(options.get("lyapunov", True)))
         res, ok = st["residual"].astype(real_dtype), st["converged"]
         if on_failure == "sequential":
             zs = with_fallback(zs, ok, lambda: sequential_scan(f, z0, xs, length=T))
