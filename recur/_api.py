@@ -19,7 +19,7 @@ from ._errors import PlanError
 from ._info import Info
 from ._plan import Plan
 from .passes._layout import attach_layout
-from .passes._lower import make_plan
+from .passes._lower import ITERATIVE, make_plan
 from .passes._trace import trace_step
 from .runtime._program import execute
 
@@ -53,6 +53,12 @@ def _time_axis_of(leaf) -> tuple[Any, str] | None:
     return None
 
 
+def _one_device_for_autotune(mesh, axis_name) -> None:
+    if mesh is not None or axis_name is not None:
+        raise PlanError("method='autotune' times candidates on one device; pick a method "
+                        "for a plan across devices.")
+
+
 def _with_layout(the_plan: Plan, xs: Any, mesh: Any, axis_name: str | None) -> Plan:
     """Split the plan's time axis over devices when asked (``mesh``/``axis_name``) or when
     the inputs are visibly sharded along time."""
@@ -79,9 +85,7 @@ def plan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
     trajectory of those values (one run of the loop)."""
     ir = trace_step(fn, h0, xs, params, length=length, reverse=reverse)
     if method == "autotune":
-        if mesh is not None or axis_name is not None:
-            raise PlanError("method='autotune' times candidates on one device; pick a method "
-                            "for a plan across devices.")
+        _one_device_for_autotune(mesh, axis_name)
         from ._autotune import choose
         if not _all_arrays((h0, xs, params)):
             raise PlanError("method='autotune' times the candidates, so plan() needs arrays "
@@ -105,7 +109,7 @@ def plan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
                        f"chaotic (errors grow by e^{growth:.3g} over T = {ir.length}): the "
                        "iterative methods will likely fall back to the loop"
                        if chaotic else "marginal: convergence may be slow")
-            iterative = [name for st in the_plan.stages if st.method in _ITERATIVE
+            iterative = [name for st in the_plan.stages if st.method in ITERATIVE
                          for name in st.states]
             if method == "auto" and chaotic and iterative:
                 # auto does not bet on a parallel solve that would most likely fall back
@@ -130,7 +134,6 @@ _CHAOTIC = 0.05  # per step; the runtime's early stop uses the same threshold
 # (measured: Lorenz-96, lam = 0.0136, T = 1000 -> deer and quasi-deer diverge; T = 200
 # converges with windows): errors amplified by e^10 ~ 2e4 along the sequence.
 _CHAOTIC_GROWTH = 10.0
-_ITERATIVE = ("deer", "quasi-deer", "picard", "jacobi", "elk", "quasi-elk")
 
 
 def _all_arrays(tree) -> bool:
@@ -149,9 +152,7 @@ def scan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
     params = None if params is None else _as_arrays(params)
     note = None
     if method == "autotune":
-        if mesh is not None or axis_name is not None:
-            raise PlanError("method='autotune' times candidates on one device; pick a method "
-                            "for a plan across devices.")
+        _one_device_for_autotune(mesh, axis_name)
         from ._autotune import choose
         method, note = choose(ir, h0, xs, params, options)
     the_plan = _with_layout(make_plan(ir, method=method, options=options), xs, mesh, axis_name)
