@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from .._errors import PlanError
 from .._plan import Layout, Plan
+from ._lower import coefficient_elements
 
 # Methods whose algorithms have a sharded form (runtime/_sharding.py).
 SHARDED_METHODS = ("sequential", "scan", "deer", "quasi-deer", "picard", "jacobi")
@@ -39,13 +40,11 @@ def _bytes(v: float) -> str:
 
 
 def _summary_elements(structure, method: str, n: int) -> int:
-    kind = structure.jacobian
-    if method == "jacobi" or kind == "zero":
+    if method == "jacobi" or structure.jacobian == "zero":
         return 0
-    if method in ("quasi-deer", "picard") or kind == "diagonal":
-        return 1 if method == "picard" else n
-    m, k = structure.blocks.shape
-    return m * k * k
+    if method == "picard":
+        return 1
+    return n if method == "quasi-deer" else coefficient_elements(structure, n)
 
 
 def _communication(stage, data, devices: int, itemsize: int) -> str:

@@ -262,17 +262,22 @@ def _estimates(method: str, structure: Structure, T: int, n: int, itemsize: int,
         return (("Ã", a_tilde), ("expected iterations", iters), ("JVPs per step", jvps),
                 ("work", iters * base["work"]), ("depth", iters * base["depth"]),
                 ("memory", base["memory"]))
-    m, k = structure.blocks.shape if structure.blocks.size else (n, 1)
-    if structure.jacobian == "zero":
-        coeff = 0
-    elif structure.jacobian == "diagonal":
-        coeff = n
-    else:
-        coeff = m * k * k
+    k = structure.blocks.shape[1] if structure.blocks.size else 1
+    coeff = coefficient_elements(structure, n)
     work = 2 * T * (coeff * max(k, 1) + n)
     depth = int(np.ceil(np.log2(max(T, 2)))) * 2
     return (("JVPs per step", structure.jvps_per_step), ("work", work), ("depth", depth),
             ("memory", T * (coeff + 2 * n) * itemsize))
+
+
+def coefficient_elements(structure: Structure, n: int) -> int:
+    """Numbers per step of the structure's ``A_t``: 0 (zero), ``n`` (diagonal), ``m k^2``."""
+    if structure.jacobian == "zero":
+        return 0
+    if structure.jacobian == "diagonal":
+        return n
+    m, k = structure.blocks.shape if structure.blocks.size else (n, 1)
+    return m * k * k
 
 
 def memory_budget(backend: str, limit: float | None = None) -> float:
@@ -301,8 +306,7 @@ def memory_budget(backend: str, limit: float | None = None) -> float:
 def scan_bytes(structure: Structure, T: int, n: int, itemsize: int) -> float:
     """Peak bytes of ``scan``: the coefficients ``A_t``, the right-hand sides and the result,
     and a second copy of the coefficients for the adjoint when differentiated."""
-    m, k = structure.blocks.shape if structure.blocks.size else (n, 1)
-    coeff = {"zero": 0, "diagonal": n}.get(structure.jacobian, m * k * k)
+    coeff = coefficient_elements(structure, n)
     return float(T) * (2 * coeff + 3 * n) * itemsize
 
 
@@ -412,8 +416,7 @@ class _StageCost:
 
     def deer_bytes(self) -> float:
         st = self.structure
-        m, k = st.blocks.shape if st.blocks.size else (self.n, 1)
-        coeff = {"zero": 0, "diagonal": self.n}.get(st.jacobian, m * k * k)
+        coeff = coefficient_elements(st, self.n)
         return float(self.T) * (3 * coeff + 4 * self.n) * self.itemsize
 
 

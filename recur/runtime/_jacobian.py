@@ -10,8 +10,9 @@ of every block, and since blocks do not interact, ``(J e_c)[blocks[b, i]] = J_b[
 * dense: ``n`` JVPs (``jacfwd``);
 * dense with a sparse pattern and a column colouring with ``c < n`` colours (from the
   structure pass): ``c`` JVPs, tangent ``Σ_{colour(j) = c} e_j``, and
-  ``J[i, j] = (J e_{colour(j)})_i`` where the pattern has ``(i, j)``, else 0 (``colour_tangents``,
-  ``from_colour_columns``); the result is the dense ``(1, n, n)`` block, as for dense.
+  ``J[i, j] = (J e_{colour(j)})_i`` where the pattern has ``(i, j)``, else 0
+  (``structure_tangents``, ``from_columns``); the result is the dense ``(1, n, n)``
+  block, as for dense.
 
 This is only valid when the structure is really there (``J 1`` of a non-diagonal ``J`` is
 not its diagonal), which is why the structure comes from the sound dependency pass and
@@ -31,52 +32,44 @@ def diagonal_from_jvp(jvp: Callable, n: int, dtype) -> jax.Array:
     return jvp(jnp.ones((n,), dtype))
 
 
-def blocks_from_jvp(jvp: Callable, n: int, dtype, blocks: np.ndarray) -> jax.Array:
-    """The ``(m, k, k)`` diagonal blocks of ``J`` in the layout ``blocks``."""
-    m, k = blocks.shape
-    tangents = np.zeros((k, n), dtype=np.dtype(dtype))
-    for c in range(k):
+def structure_tangents(structure, n: int, dtype) -> np.ndarray:
+    """``(c, n)`` tangents of a non-diagonal ``structure``'s column colouring: for blocks,
+    row ``c`` has a one at the ``c``-th element of every block (``c < k``); for a dense
+    structure with a column colouring, a one on every column of colour ``c``."""
+    colours = getattr(structure, "colours", None)
+    if colours is not None:
+        tangents = np.zeros((int(colours.max(initial=-1)) + 1, n), dtype=np.dtype(dtype))
+        tangents[colours, np.arange(n)] = 1
+        return tangents
+    blocks = structure.blocks
+    tangents = np.zeros((blocks.shape[1], n), dtype=np.dtype(dtype))
+    for c in range(blocks.shape[1]):
         valid = blocks[:, c] >= 0
         tangents[c, blocks[valid, c]] = 1
-    cols = jax.vmap(jvp)(jnp.asarray(tangents))  # (k, n): cols[c] = J e_c
-    cols = jnp.concatenate([cols, jnp.zeros((k, 1), cols.dtype)], axis=1)
-    gathered = cols[:, jnp.asarray(np.where(blocks >= 0, blocks, n))]  # (k, m, k_rows)
-    return jnp.transpose(gathered, (1, 2, 0))  # (m, rows, cols)
-
-
-def colour_tangents(colours: np.ndarray, n: int, dtype) -> np.ndarray:
-    """``(c, n)`` tangents of a column colouring: row ``c`` is one on the columns of colour
-    ``c``."""
-    c = int(colours.max(initial=-1)) + 1
-    tangents = np.zeros((c, n), dtype=np.dtype(dtype))
-    tangents[colours, np.arange(n)] = 1
     return tangents
 
 
-def from_colour_columns(cols: jax.Array, colours: np.ndarray, pattern: np.ndarray) -> jax.Array:
-    """``cols[c, ..., :] = J e_c`` (colour tangents) -> the dense ``(..., 1, n, n)`` Jacobian:
-    ``J[..., i, j] = cols[colour(j), ..., i]`` where ``pattern[i, j]``, else 0."""
-    # gather whole columns (contiguous rows of ``cols``), then transpose: 3-6x faster on CPU
-    # than gathering the colour index per entry
-    per_column = cols[jnp.asarray(colours)]  # (n cols, ..., n rows)
-    full = jnp.moveaxis(per_column, 0, -1)  # (..., n rows, n cols): [i, j] = cols[colour j][i]
-    full = jnp.where(jnp.asarray(pattern), full, jnp.zeros((), cols.dtype))
-    return full[..., None, :, :]
-
-
-def coloured_from_jvp(jvp: Callable, n: int, dtype, colours: np.ndarray,
-                      pattern: np.ndarray) -> jax.Array:
-    """The dense ``(1, n, n)`` Jacobian from ``c`` JVPs of a column colouring."""
-    cols = jax.vmap(jvp)(jnp.asarray(colour_tangents(colours, n, dtype)))  # (c, n)
-    return from_colour_columns(cols, colours, pattern)
+def from_columns(cols: jax.Array, structure, n: int) -> jax.Array:
+    """``cols[..., :, c] = J e_c`` for the tangents of ``structure_tangents`` (colour axis
+    last) -> ``J`` in the structure's layout, ``(..., m, k, k)``: the blocks, or for a
+    coloured dense structure ``(..., 1, n, n)`` with ``J[i, j] = cols[i, colour(j)]`` where
+    the pattern has ``(i, j)``, else 0."""
+    colours = getattr(structure, "colours", None)
+    if colours is not None:
+        full = jnp.take(cols, jnp.asarray(colours), axis=-1)
+        full = jnp.where(jnp.asarray(structure.pattern), full, jnp.zeros((), cols.dtype))
+        return full[..., None, :, :]
+    blocks = structure.blocks
+    pad = jnp.zeros(cols.shape[:-2] + (1, cols.shape[-1]), cols.dtype)
+    padded = jnp.concatenate([cols, pad], axis=-2)
+    return jnp.take(padded, jnp.asarray(np.where(blocks >= 0, blocks, n)), axis=-2)
 
 
 def structured_from_jvp(jvp: Callable, n: int, dtype, structure) -> jax.Array:
     """``J`` in the layout of a non-diagonal ``structure`` (``passes._structure``):
     ``(m, k, k)`` blocks, from its column colouring when it has one."""
-    if getattr(structure, "colours", None) is not None:
-        return coloured_from_jvp(jvp, n, dtype, structure.colours, structure.pattern)
-    return blocks_from_jvp(jvp, n, dtype, structure.blocks)
+    tangents = jnp.asarray(structure_tangents(structure, n, dtype))
+    return from_columns(jax.vmap(jvp, out_axes=-1)(tangents), structure, n)
 
 
 def permute_in(z: jax.Array, blocks: np.ndarray) -> jax.Array:
@@ -96,5 +89,5 @@ def permute_out(zb: jax.Array, blocks: np.ndarray, n: int) -> jax.Array:
     return flat[..., jnp.asarray(where)]
 
 
-__all__ = ["diagonal_from_jvp", "blocks_from_jvp", "colour_tangents", "from_colour_columns",
-           "coloured_from_jvp", "structured_from_jvp", "permute_in", "permute_out"]
+__all__ = ["diagonal_from_jvp", "structure_tangents", "from_columns", "structured_from_jvp",
+           "permute_in", "permute_out"]

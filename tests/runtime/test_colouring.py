@@ -9,6 +9,7 @@ those of the sequential loop; the colouring must be proper; the JVP count must d
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import jax
 import jax.numpy as jnp
@@ -110,8 +111,9 @@ def test_colouring_is_proper_and_reconstructs(drawn):
     if pattern.shape[0] == n and n:
         rng = np.random.default_rng(seed)
         J = np.where(pattern, rng.standard_normal((n, n)), 0.0)
-        got = _jacobian.coloured_from_jvp(lambda v: jnp.asarray(J) @ v, n, jnp.float64,
-                                          colours, pattern)
+        coloured = types.SimpleNamespace(colours=colours, pattern=pattern)
+        got = _jacobian.structured_from_jvp(lambda v: jnp.asarray(J) @ v, n, jnp.float64,
+                                            coloured)
         assert got.shape == (1, n, n)
         np.testing.assert_array_equal(np.asarray(got[0]), J)
         s = analyse_structure(pattern)
@@ -246,13 +248,13 @@ def test_jvp_count_drops(l96, monkeypatch):
     lin = lambda h, x: banded_linear(h, x, {"a": 0.5})  # noqa: E731
     sa = structure_of(lin, h0, xs)
     counts: list[int] = []
-    real = _jacobian.colour_tangents
+    real = _jacobian.structure_tangents
 
     def spy_tangents(*args):
         out = real(*args)
         counts.append(out.shape[0])
         return out
-    monkeypatch.setattr(_jacobian, "colour_tangents", spy_tangents)
+    monkeypatch.setattr(_jacobian, "structure_tangents", spy_tangents)
     from recur.runtime._affine import solve_affine
     jax.make_jaxpr(lambda h: solve_affine(lin, h, xs, sa, T))(h0)
     assert counts == [3]
