@@ -1,27 +1,50 @@
 """The public entry points: ``recurrence``/``Recurrence``, ``scan`` and ``plan``.
 
 Data flows one way: front end (``passes/_trace``) -> analysis passes -> ``Plan``
-(``passes/_lower``) -> runtime program (``runtime/_program``).  Nothing is cached
-between calls, so a closure over arrays that change between calls is always traced
-afresh; under ``jit`` the planning happens once, at trace time.
+(``passes/_lower``) -> runtime program (``runtime/_program``).  ``plan`` and ``scan`` lower
+through the same ``make_plan``, so a plan shows what ``scan`` runs.
+
+Plan cache
+----------
+Tracing the step is cheap; the passes are not (25-190 ms), and with concrete values a
+plan also probes at them and may run the loop once for the Lyapunov exponent.  So plans
+are cached, keyed by what they are computed from: the step's jaxpr (its text and the
+Python callables in it), the shapes, dtypes and weak types of every argument, the values of
+the closed-over arrays the dependency pass reads (those of at most 65536 elements, whose
+zero patterns and indices can shape the Jacobian's sparsity), the method, the options, the
+backend and the device layout.  Never by the values of ``h0``, ``xs`` or params: what
+those decide (probes, the chaos policy) only speeds a plan up or slows it down, and every
+result is still checked.  An eager call therefore costs a trace, a dictionary lookup and
+the compiled program.  Inside ``jit`` the plan is made once, at trace time.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import hashlib
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from . import _jax_adapter as jx
 from ._errors import PlanError
 from ._info import Info
 from ._plan import Plan
 from .passes._layout import attach_layout
-from .passes._lower import ITERATIVE, make_plan
+from .passes._lower import make_plan
+from .passes._options import check_options, decisions
 from .passes._trace import trace_step
-from .runtime._program import execute
+from .passes._verify import values_of
+from .runtime._program import execute, step_key
+
+_PLAN_CACHE_SIZE = 128
+_plans: "collections.OrderedDict[Any, Plan]" = collections.OrderedDict()
+# Closed-over arrays up to this size are read by the dependency pass (its known values).
+_KNOWN_CONST_SIZE = 1 << 16
 
 
 def _as_arrays(tree: Any) -> Any:
@@ -59,20 +82,71 @@ def _one_device_for_autotune(mesh, axis_name) -> None:
                         "for a plan across devices.")
 
 
-def _with_layout(the_plan: Plan, xs: Any, mesh: Any, axis_name: str | None) -> Plan:
-    """Split the plan's time axis over devices when asked (``mesh``/``axis_name``) or when
-    the inputs are visibly sharded along time."""
+def _layout_request(xs: Any, mesh: Any, axis_name: str | None):
+    """``(mesh, axis_name)`` the plan is split over, or ``None`` for one device."""
     if mesh is None and axis_name is None:
         found = [a for a in map(_time_axis_of, jax.tree_util.tree_leaves(xs)) if a]
-        if not found:
-            return the_plan
-        mesh, axis_name = found[0]
-    elif mesh is None:
+        return found[0] if found else None
+    if mesh is None:
         mesh = jax.sharding.get_abstract_mesh()
         if mesh is None or getattr(mesh, "empty", True):
             raise PlanError(f"axis_name={axis_name!r} needs a mesh: pass mesh= or set one with "
                             "jax.set_mesh(mesh).")
-    return attach_layout(the_plan, mesh, axis_name)
+    return mesh, axis_name
+
+
+def _const_digest(consts) -> tuple:
+    """The values of the closed-over arrays the dependency pass may read."""
+    out = []
+    for c in consts:
+        if not jx.is_concrete(c) or int(np.size(c)) > _KNOWN_CONST_SIZE:
+            out.append((tuple(np.shape(c)), None))
+            continue
+        arr = np.asarray(jax.random.key_data(c) if jnp.issubdtype(c.dtype, jax.dtypes.prng_key)
+                         else c)
+        out.append((arr.shape, str(arr.dtype), hashlib.sha1(arr.tobytes()).digest()))
+    return tuple(out)
+
+
+def _avals(tree) -> tuple:
+    return tuple((tuple(np.shape(v)), str(getattr(v, "dtype", type(v).__name__)),
+                  bool(getattr(v, "weak_type", False)))
+                 for v in jax.tree_util.tree_leaves(tree))
+
+
+def _frozen(method) -> Any:
+    return tuple(sorted(method.items())) if isinstance(method, dict) else method
+
+
+def _lower(ir, method, backend, options, values, lyapunov_note, args, layout) -> Plan:
+    """``make_plan`` through the plan cache (module docstring)."""
+    opts = check_options(options)
+    key = (step_key(ir), _const_digest(ir.jaxpr.consts), tuple(map(_avals, args)),
+           _frozen(method), decisions(opts), opts.get("jacobian") is not None, backend,
+           values is not None, lyapunov_note,
+           None if layout is None else (id(layout[0]), layout[1]))
+    plan = _plans.get(key)
+    if plan is not None and plan.ir is not None:
+        _plans.move_to_end(key)
+        # the cached decisions with this call's step (its closed-over arrays)
+        return dataclasses.replace(plan, ir=ir)
+    plan = make_plan(ir, method=method, backend=backend, options=opts, values=values,
+                     lyapunov_note=lyapunov_note)
+    if layout is not None:
+        plan = attach_layout(plan, *layout)
+    _plans[key] = plan
+    if len(_plans) > _PLAN_CACHE_SIZE:
+        _plans.popitem(last=False)
+    return plan
+
+
+def _for_grad(options: dict, trees) -> dict:
+    """``for_grad=True`` when a differentiation is visibly tracing the arguments."""
+    if "for_grad" in options:
+        return options
+    if jx.under_differentiation(jax.tree_util.tree_leaves(trees)):
+        return {**options, "for_grad": True}
+    return options
 
 
 def plan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
@@ -80,60 +154,28 @@ def plan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
          backend: str | None = None, mesh: Any = None, axis_name: str | None = None,
          **options: Any) -> Plan:
     """Analyse ``fn`` and return the ``Plan`` recur would run (shapes/dtypes suffice:
-    arrays or ``jax.ShapeDtypeStruct``s).  With concrete arrays and a step that is not
-    affine, the plan also notes the largest Lyapunov exponent along the sequential
-    trajectory of those values (one run of the loop)."""
+    arrays or ``jax.ShapeDtypeStruct``s).  With concrete arrays the claims are probed at
+    those values and, for a step that is not affine, the plan notes the largest Lyapunov
+    exponent along the sequential trajectory of those values (one run of the loop)."""
     ir = trace_step(fn, h0, xs, params, length=length, reverse=reverse)
+    options = _for_grad(options, (h0, xs, params))
+    concrete = _all_arrays((h0, xs, params))
+    values = values_of(ir, _as_arrays(h0), None if xs is None else _as_arrays(xs),
+                       None if params is None else _as_arrays(params)) if concrete else None
     if method == "autotune":
         _one_device_for_autotune(mesh, axis_name)
         from ._autotune import choose
-        if not _all_arrays((h0, xs, params)):
+        if not concrete:
             raise PlanError("method='autotune' times the candidates, so plan() needs arrays "
                             "(not ShapeDtypeStructs) for h0, xs and params.")
         chosen, note = choose(ir, _as_arrays(h0), None if xs is None else _as_arrays(xs),
                               None if params is None else _as_arrays(params), options,
                               backend)
-        the_plan = make_plan(ir, method=chosen, backend=backend, options=options)
+        the_plan = make_plan(ir, method=chosen, backend=backend, options=options,
+                             values=values)
         return dataclasses.replace(the_plan, notes=the_plan.notes + (note,))
-    the_plan = _with_layout(make_plan(ir, method=method, backend=backend, options=options),
-                            xs, mesh, axis_name)
-    if the_plan.kind not in ("linear", "affine") and _all_arrays((h0, xs, params)):
-        from ._contractivity import lyapunov_along_loop
-        lam = lyapunov_along_loop(ir, _as_arrays(h0), None if xs is None else _as_arrays(xs),
-                                  None if params is None else _as_arrays(params))
-        if lam is not None:
-            growth = lam * ir.length   # log of the error amplification over the sequence
-            chaotic = lam > _CHAOTIC or growth > _CHAOTIC_GROWTH
-            verdict = ("contractive: the iterative methods should converge quickly"
-                       if lam < 0 else
-                       f"chaotic (errors grow by e^{growth:.3g} over T = {ir.length}): the "
-                       "iterative methods will likely fall back to the loop"
-                       if chaotic else "marginal: convergence may be slow")
-            iterative = [name for st in the_plan.stages if st.method in ITERATIVE
-                         for name in st.states]
-            if method == "auto" and chaotic and iterative:
-                # auto does not bet on a parallel solve that would most likely fall back
-                replanned = make_plan(ir, method={name: "sequential" for name in iterative},
-                                      backend=backend, options=options)
-                why = (f"chaotic along these values (largest Lyapunov exponent {lam:.3g} per "
-                       f"step, e^{growth:.3g} over the sequence): a parallel solve would most "
-                       "likely fall back, so auto keeps the loop")
-                stages = tuple(dataclasses.replace(st, why=why) if set(st.states) <= set(iterative)
-                               else st for st in replanned.stages)
-                the_plan = _with_layout(dataclasses.replace(replanned, stages=stages), xs, mesh,
-                                        axis_name)
-                verdict += "; auto keeps the loop for " + ", ".join(iterative)
-            the_plan = dataclasses.replace(the_plan, notes=the_plan.notes + (
-                f"largest Lyapunov exponent along the sequential trajectory of these values: "
-                f"{lam:.3g} per step ({verdict})",))
-    return the_plan
-
-
-_CHAOTIC = 0.05  # per step; the runtime's early stop uses the same threshold
-# lam * T above which a whole-sequence Newton solve is hopeless even with a small lam
-# (measured: Lorenz-96, lam = 0.0136, T = 1000 -> deer and quasi-deer diverge; T = 200
-# converges with windows): errors amplified by e^10 ~ 2e4 along the sequence.
-_CHAOTIC_GROWTH = 10.0
+    layout = _layout_request(xs, mesh, axis_name)
+    return _lower(ir, method, backend, options, values, True, (h0, xs, params), layout)
 
 
 def _all_arrays(tree) -> bool:
@@ -150,12 +192,15 @@ def scan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
     h0 = _as_arrays(h0)
     xs = None if xs is None else _as_arrays(xs)
     params = None if params is None else _as_arrays(params)
+    options = _for_grad(options, (h0, xs, params))
     note = None
     if method == "autotune":
         _one_device_for_autotune(mesh, axis_name)
         from ._autotune import choose
         method, note = choose(ir, h0, xs, params, options)
-    the_plan = _with_layout(make_plan(ir, method=method, options=options), xs, mesh, axis_name)
+    values = values_of(ir, h0, xs, params)
+    the_plan = _lower(ir, method, None, options, values, False, (h0, xs, params),
+                      _layout_request(xs, mesh, axis_name))
     if note:
         the_plan = dataclasses.replace(the_plan, notes=the_plan.notes + (note,))
     hs, info = execute(the_plan, h0, xs, params, init=options.get("init"),

@@ -22,21 +22,19 @@ import numpy as np
 
 from . import _jax_adapter as jx
 from ._errors import PlanError
-from .passes._lower import ITERATIVE, make_plan
+from . import _methods
+from .passes._lower import make_plan
+from .passes._options import check_options, decisions
 from .passes._trace import StepIR
-from .runtime._program import _callables, execute
+from .runtime._program import execute, step_key
 
 _choices: dict[Any, Any] = {}
 _REPS = 3
 
 
 def _key(ir: StepIR, leaves, backend: str, options: dict) -> tuple:
-    found: list = []
-    _callables(ir.jaxpr.jaxpr, found)
     avals = tuple((tuple(np.shape(v)), str(jnp.result_type(v))) for v in leaves)
-    opts = tuple(sorted((k, v) for k, v in options.items() if k not in ("init", "jacobian")))
-    return (str(ir.jaxpr.jaxpr), tuple(found), avals, ir.reverse, ir.length, backend, opts,
-            ir.state_treedef, ir.input_treedef, ir.param_treedef)
+    return (step_key(ir), avals, backend, decisions(check_options(options)))
 
 
 def _candidates(ir: StepIR, options: dict, backend: str):
@@ -46,7 +44,7 @@ def _candidates(ir: StepIR, options: dict, backend: str):
     if all(st.kind in ("linear", "affine") for st in auto.stages):
         out.append("scan")
     if any(st.kind not in ("linear", "affine") for st in auto.stages):
-        out += list(ITERATIVE)
+        out += list(_methods.iterative())
     staged = {st.states[0]: st.method for st in gpu.stages}
     if len(set(staged.values())) > 1:
         out.append(staged)

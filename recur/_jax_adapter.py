@@ -36,6 +36,22 @@ def is_concrete(value: Any) -> bool:
     return not isinstance(value, Tracer)
 
 
+_DIFFERENTIATION_TRACERS = ("JVPTracer", "LinearizeTracer")
+
+
+def under_differentiation(values) -> bool:
+    """True when some value is being traced by forward- or reverse-mode autodiff (directly,
+    or under other transformations such as ``vmap``)."""
+    for v in values:
+        seen = 0
+        while isinstance(v, Tracer) and seen < 16:
+            if type(v).__name__ in _DIFFERENTIATION_TRACERS:
+                return True
+            v = getattr(v, "primal", getattr(v, "val", None))
+            seen += 1
+    return False
+
+
 def as_closed(jaxpr: Any) -> ClosedJaxpr:
     """A sub-jaxpr parameter as a ``ClosedJaxpr`` (some primitives store open jaxprs)."""
     if isinstance(jaxpr, ClosedJaxpr):
@@ -45,6 +61,16 @@ def as_closed(jaxpr: Any) -> ClosedJaxpr:
 
 def is_jaxpr(obj: Any) -> bool:
     return isinstance(obj, (Jaxpr, ClosedJaxpr))
+
+
+def sub_jaxprs(eqn: JaxprEqn) -> list[ClosedJaxpr]:
+    """The sub-jaxprs of an equation's parameters (call bodies, branches, loop bodies)."""
+    out = []
+    for value in eqn.params.values():
+        for sub in (value if isinstance(value, (tuple, list)) else (value,)):
+            if is_jaxpr(sub):
+                out.append(as_closed(sub))
+    return out
 
 
 def eqn_source(eqn: JaxprEqn) -> str:
@@ -74,5 +100,7 @@ __all__ = [
     "is_concrete",
     "is_jaxpr",
     "is_literal",
+    "under_differentiation",
+    "sub_jaxprs",
     "literal_value",
 ]

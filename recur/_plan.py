@@ -93,9 +93,15 @@ class Plan:
     state_kinds: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
     options: tuple[tuple[str, Any], ...] = dataclasses.field(default=(), repr=False)
     layout: Layout | None = None
-    _mesh: Any = dataclasses.field(default=None, repr=False, compare=False)
-    _ir: Any = dataclasses.field(default=None, repr=False, compare=False)
-    _stages: Any = dataclasses.field(default=(), repr=False, compare=False)
+    # What the runtime needs, typed: the traced step (``recur._ir.StepIR``), per stage its
+    # elements and Jacobian structure (``recur._ir.StageData``), and the device mesh.
+    ir: Any = dataclasses.field(default=None, repr=False, compare=False)
+    stage_data: tuple = dataclasses.field(default=(), repr=False, compare=False)
+    mesh: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def option_dict(self) -> dict[str, Any]:
+        return dict(self.options)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -198,8 +198,8 @@ def test_residual_check_and_fallback_and_raise(monkeypatch):
     def corrupted(*args, **kwargs):
         return real(*args, **kwargs) + 1.0  # an analysis/runtime bug in disguise
     monkeypatch.setattr(_affine, "solve_affine", corrupted)
-    from recur.runtime import _program
-    monkeypatch.setattr(_program, "solve_affine", corrupted)
+    from recur.runtime import _program, _stages
+    monkeypatch.setattr(_stages, "solve_affine", corrupted)
     _program._programs.clear()
 
     def step(h, x):
@@ -220,9 +220,9 @@ def test_residual_check_and_fallback_and_raise(monkeypatch):
 
 
 def test_raise_under_jit_fails_at_run_time(monkeypatch):
-    from recur.runtime import _program
-    real = _program.solve_affine
-    monkeypatch.setattr(_program, "solve_affine", lambda *a, **k: real(*a, **k) * 2.0)
+    from recur.runtime import _program, _stages
+    real = _stages.solve_affine
+    monkeypatch.setattr(_stages, "solve_affine", lambda *a, **k: real(*a, **k) * 2.0)
     _program._programs.clear()
     f = jax.jit(lambda xs: recur.scan(lambda h, x: 0.5 * h + x, jnp.zeros(2), xs,
                                       on_failure="raise", method="scan"))

@@ -10,12 +10,19 @@ For a stage of ``n`` state elements whose step costs ``F`` flops (counted on the
    t_\text{scan-kernel}(C) &= T\,(c_\text{scan-step} + C\, c_\text{scan-elem}) \\
    t_\text{scan} &= t_\text{pass}(J) + t_\text{scan-kernel}(C) + t_\text{pass}(0)
         \quad\text{(coefficients, scan, residual check)} \\
-   t_\text{iterative} &= (k + 1)\,(t_\text{pass}(J) + c_\text{iter}) + k\, t_\text{scan-kernel}(C)
+   t_\text{iterative} &= (k + 1)\,(t_\text{pass}(J) + c_\text{iter} + t_\text{scan-kernel}(C))
 
 with ``J`` the JVPs per step that build ``Ã`` (1 diagonal, ``k`` for ``block(k)``, the
 colours of a sparse pattern, ``n`` dense; 0 for picard/jacobi), ``C`` the coefficient
 elements the scan combines per step (``n`` diagonal, ``m k^3`` block products, 0 for
-jacobi) and ``k`` the expected iterations.  The constants ``c`` are measured per backend
+jacobi) and ``k`` the expected iterations (the registry's; each iteration evaluates, extracts
+``Ã``, and solves for the correction that certifies it, ``runtime/_iterative.py``).
+
+When the plan is made for differentiation (``for_grad=True``, or inside ``jax.grad``),
+the reverse pass is added: the loop's reverse scan of the step's VJP (about twice the
+step), the scan's adjoint scan and transposed step, and the iterative methods' tangent
+solve (the true Jacobians from two applications of the linearised step per colour, one
+adjoint scan).  The constants ``c`` are measured per backend
 by ``benchmarks/calibrate.py`` (each records where it came from); ``auto`` takes the
 method with the smallest predicted time among the exact-or-checked candidates that fit in
 memory.  The model is coarse (no cache effects, no fusion), which is why ``autotune``
@@ -32,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import _jax_adapter as jx
+from .. import _methods
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +80,6 @@ CONSTANTS = {
 CONSTANTS["tpu"] = dataclasses.replace(
     CONSTANTS["gpu"], backend="tpu", source="assumed equal to the GPU constants (not measured)")
 
-EXPECTED_ITERATIONS = {"deer": 5, "quasi-deer": 14, "picard": 50, "jacobi": 50, "elk": 5,
-                       "quasi-elk": 14}
 
 
 def constants(backend: str) -> BackendConstants:
@@ -123,37 +129,52 @@ def step_flops_of(fn: Callable, h: Any, x: Any) -> float:
 
 def _jvps_and_coefficients(method: str, jacobian: str, n: int, blocks_shape, colours: int):
     """``(J, C)`` of the module docstring."""
-    if method == "jacobi" or jacobian == "zero":
+    m = _methods.get(method)
+    if m.linearisation == "zero" or jacobian == "zero":
         return 0, 0
-    if method == "picard":
+    if m.linearisation == "identity":
         return 0, 1
     if jacobian in ("identity", "scalar", "diagonal"):
         return 1, n
-    m, k = blocks_shape if blocks_shape else (1, n)
+    mb, k = blocks_shape if blocks_shape else (1, n)
     J = colours if colours else k
-    if method in ("quasi-deer", "quasi-elk"):
+    if m.linearisation == "diagonal":
         return J, n
-    return J, m * k ** 3
+    return J, mb * k ** 3
 
 
 def predict(method: str, *, backend: str, T: int, n: int, flops: float, jacobian: str,
-            blocks_shape=None, colours: int = 0, iterations: int | None = None) -> float:
-    """Predicted seconds of ``method`` on a stage (see the module docstring)."""
+            blocks_shape=None, colours: int = 0, iterations: int | None = None,
+            backward: bool = False) -> float:
+    """Predicted seconds of ``method`` on a stage (see the module docstring); with
+    ``backward`` also of the reverse pass a gradient through it implies."""
     c = constants(backend)
     T = max(int(T), 1)
     F = max(float(flops), 1.0)
-    if method == "sequential":
-        return T * (c.loop_step_s + F * c.loop_flop_s + n * c.loop_elem_s)
 
     def pass_time(J):
         return c.pass_s + T * (1 + J) * (F * c.map_flop_s + n * c.map_elem_s)
 
+    if method == "sequential":
+        forward = T * (c.loop_step_s + F * c.loop_flop_s + n * c.loop_elem_s)
+        # reverse mode: a reverse loop of the step's VJP (about twice the step's flops)
+        back = T * (c.loop_step_s + 2 * F * c.loop_flop_s + 2 * n * c.loop_elem_s)
+        return forward + (back if backward else 0.0)
     J, C = _jvps_and_coefficients(method, jacobian, n, blocks_shape, colours)
     kernel = 0.0 if C == 0 else T * (c.scan_step_s + C * c.scan_elem_s)
     if method == "scan":
-        return pass_time(J) + kernel + pass_time(0)
-    k = iterations if iterations is not None else min(EXPECTED_ITERATIONS.get(method, 50), T)
-    return (k + 1) * (pass_time(J) + c.iteration_s) + k * kernel
+        # reverse mode: the adjoint scan and the transposed linearised step
+        return pass_time(J) + kernel + pass_time(0) + \
+            ((kernel + pass_time(0)) if backward else 0.0)
+    k = iterations if iterations is not None else \
+        min(_methods.get(method).expected_iterations, T)
+    forward = (k + 1) * (pass_time(J) + c.iteration_s + kernel)
+    # reverse mode: the tangent solve -- the true Jacobians read off 2 applications of the
+    # linearised step per colour, one adjoint scan -- and the transposed step
+    tj, tc = _jvps_and_coefficients("deer", jacobian, n, blocks_shape, colours)
+    t_kernel = 0.0 if tc == 0 else T * (c.scan_step_s + tc * c.scan_elem_s)
+    back = pass_time(2 * tj) + t_kernel + pass_time(0)
+    return forward + (back if backward else 0.0)
 
 
 def fmt_seconds(s: float) -> str:
@@ -166,4 +187,4 @@ def fmt_seconds(s: float) -> str:
 
 
 __all__ = ["BackendConstants", "CONSTANTS", "constants", "predict", "jaxpr_flops",
-           "step_flops_of", "fmt_seconds", "EXPECTED_ITERATIONS"]
+           "step_flops_of", "fmt_seconds"]

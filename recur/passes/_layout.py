@@ -26,10 +26,11 @@ import jax.numpy as jnp
 
 from .._errors import PlanError
 from .._plan import Layout, Plan
-from ._lower import coefficient_elements
+from .. import _methods
+from ._report import coefficient_elements
 
 # Methods whose algorithms have a sharded form (runtime/_sharding.py).
-SHARDED_METHODS = ("sequential", "scan", "deer", "quasi-deer", "picard", "jacobi")
+SHARDED_METHODS = _methods.sharded()
 
 
 def _bytes(v: float) -> str:
@@ -40,11 +41,12 @@ def _bytes(v: float) -> str:
 
 
 def _summary_elements(structure, method: str, n: int) -> int:
-    if method == "jacobi" or structure.jacobian == "zero":
+    lin = _methods.get(method).linearisation
+    if lin == "zero" or structure.jacobian == "zero":
         return 0
-    if method == "picard":
+    if lin == "identity":
         return 1
-    return n if method == "quasi-deer" else coefficient_elements(structure, n)
+    return n if lin == "diagonal" else coefficient_elements(structure, n)
 
 
 def _communication(stage, data, devices: int, itemsize: int) -> str:
@@ -96,13 +98,13 @@ def attach_layout(plan: Plan, mesh: Any, axis_name: str) -> Plan:
     local = -(-T // devices)
     itemsize = int(jnp.dtype(plan.dtype).itemsize)
     comm = tuple((", ".join(st.states), _communication(st, data, devices, itemsize))
-                 for st, data in zip(plan.stages, plan._stages))
+                 for st, data in zip(plan.stages, plan.stage_data))
     layout = Layout(axis_name=str(axis_name), devices=devices, local_length=local,
                     padding=local * devices - T,
                     mesh_shape=tuple((str(k), int(v)) for k, v in dict(mesh.shape).items()),
                     communication=comm)
-    return dataclasses.replace(plan, layout=layout, _mesh=mesh, _ir=plan._ir,
-                               _stages=plan._stages)
+    return dataclasses.replace(plan, layout=layout, mesh=mesh, ir=plan.ir,
+                               stage_data=plan.stage_data)
 
 
 __all__ = ["attach_layout", "SHARDED_METHODS"]

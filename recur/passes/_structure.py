@@ -39,80 +39,13 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse import csgraph
 
+from .._ir import Structure
+
 # Column-intersection graphs (edges) up to which a second greedy ordering is tried
 # (``smallest_last`` costs ~3 ms per 1000 edges), and above which no colouring is made
 # (building the graph alone costs ~0.1 s per 100k edges; such patterns are nearly dense).
 _SECOND_ORDERING_MAX_EDGES = 20_000
 _COLOURING_MAX_EDGES = 250_000
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Structure:
-    """Jacobian structure of the state update.
-
-    ``blocks`` is an ``(m, k)`` integer array of flat state indices, one row per block,
-    padded with ``-1``; the scan runtime permutes the state into this layout.
-
-    ``colours`` (``dense`` only, ``None`` otherwise): an ``(n,)`` proper column colouring
-    of ``pattern`` (the ``(n, n)`` boolean sparsity pattern, kept with it) in ``0..c-1``,
-    ``c < n``; the runtime then extracts ``J`` from ``c`` JVPs (module docstring).
-
-    ``hutchinson``: a solver hint set by lowering (option ``diagonal="hutchinson"``):
-    quasi-DEER estimates ``diag(J_t)`` from this many Rademacher probes instead of
-    computing it exactly; 0 (the default) is the exact diagonal.
-
-    Equality and hashing are by value (``key()``), arrays included.
-    """
-
-    jacobian: str  # zero | diagonal | block(k) | dense (identity/scalar refined by lowering)
-    block_size: int
-    blocks: np.ndarray = dataclasses.field(repr=False)
-    block_sizes: tuple[int, ...]
-    n_scc: int
-    scc_labels: np.ndarray = dataclasses.field(repr=False)
-    colours: np.ndarray | None = dataclasses.field(default=None, repr=False)
-    pattern: np.ndarray | None = dataclasses.field(default=None, repr=False)
-    hutchinson: int = 0
-
-    @property
-    def padded(self) -> bool:
-        return len(set(self.block_sizes)) > 1
-
-    @property
-    def n_blocks(self) -> int:
-        return int(self.blocks.shape[0])
-
-    @property
-    def n_colours(self) -> int:
-        """Colours of the column colouring (0: none)."""
-        return 0 if self.colours is None else int(self.colours.max(initial=-1)) + 1
-
-    @property
-    def jvps_per_step(self) -> int:
-        """JVPs that extract one step's Jacobian in this structure (and its diagonal)."""
-        if self.jacobian == "zero":
-            return 0
-        if self.colours is not None:
-            return self.n_colours
-        return int(self.blocks.shape[1]) if self.blocks.size else 0
-
-    def key(self) -> tuple:
-        """A hashable value identifying the structure (arrays by content)."""
-        def arr(a):
-            return None if a is None else (a.shape, str(a.dtype), a.tobytes())
-        pattern = None if self.pattern is None else (
-            self.pattern.shape, np.packbits(self.pattern).tobytes())
-        return (self.jacobian, self.block_size, arr(self.blocks), self.block_sizes,
-                self.n_scc, arr(self.scc_labels), arr(self.colours), pattern,
-                self.hutchinson)
-
-    def __eq__(self, other):
-        if not isinstance(other, Structure):
-            return NotImplemented
-        return self.key() == other.key()
-
-    def __hash__(self):
-        return hash(self.key())
 
 
 def column_colouring(pattern: np.ndarray, max_edges: int | None = None, *,

@@ -22,78 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._dtypes import is_numeric
+from .._dtypes import dtype_name, is_inexact, is_key, is_numeric
 from .._errors import StepFunctionError
-from .._jax_adapter import ClosedJaxpr
+from .. import _jax_adapter as jx
+from .._ir import LeafInfo, StepIR, call_step
 
 ROOT_NAME = "h"
-
-
-@dataclasses.dataclass(frozen=True)
-class LeafInfo:
-    """One flattened leaf: its name (``jax.tree_util.keystr`` of its path), shape, dtype."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    def describe(self) -> str:
-        return f"{self.dtype.name}{list(self.shape)}"
-
-
-@dataclasses.dataclass(frozen=True)
-class StepIR:
-    """A traced step function ``h_next = fn(h, x_t[, params])`` and its leaves."""
-
-    fn: Callable[..., Any] = dataclasses.field(repr=False)
-    has_params: bool
-    state_treedef: Any
-    state: tuple[LeafInfo, ...]
-    input_treedef: Any  # None when xs is None
-    inputs: tuple[LeafInfo, ...]  # per-step shapes (leading T removed)
-    param_treedef: Any
-    params: tuple[LeafInfo, ...]
-    length: int
-    reverse: bool
-    jaxpr: ClosedJaxpr = dataclasses.field(repr=False)
-
-    @property
-    def n_state(self) -> int:
-        return sum(leaf.size for leaf in self.state)
-
-    @property
-    def offsets(self) -> tuple[int, ...]:
-        """Start of each state leaf in the flat state vector (leaves raveled, in order)."""
-        return tuple(int(o) for o in np.cumsum([0] + [leaf.size for leaf in self.state])[:-1])
-
-    def element_name(self, i: int) -> str:
-        """Name of flat state element ``i``, e.g. ``"['h'][3]"`` or ``"['P'][1, 2]"``."""
-        for leaf, off in zip(self.state, self.offsets):
-            if off <= i < off + leaf.size:
-                if leaf.shape == ():
-                    return leaf.name
-                idx = np.unravel_index(i - off, leaf.shape)
-                return f"{leaf.name}[{', '.join(str(int(j)) for j in idx)}]"
-        raise IndexError(i)
-
-    def call(self, h: Any, x: Any, params: Any) -> Any:
-        """One step on pytrees, in the form the user asked for."""
-        return call_step(self.fn, h, x, params, self.has_params)
-
-    def flat_call(self, h_leaves, x_leaves, p_leaves) -> list[Any]:
-        h = jax.tree_util.tree_unflatten(self.state_treedef, list(h_leaves))
-        x = None if self.input_treedef is None else jax.tree_util.tree_unflatten(
-            self.input_treedef, list(x_leaves))
-        p = jax.tree_util.tree_unflatten(self.param_treedef, list(p_leaves))
-        return jax.tree_util.tree_leaves(self.call(h, x, p))
-
-
-def call_step(fn, h, x, params, has_params: bool):
-    return fn(h, x, params) if has_params else fn(h, x)
 
 
 _ROOT_NAMES = {"h0": ROOT_NAME, "xs": "x", "params": "params"}
@@ -103,9 +37,12 @@ def leaf_name(path, what: str = "h0") -> str:
     return jax.tree_util.keystr(tuple(path)) or _ROOT_NAMES.get(what, ROOT_NAME)
 
 
-def _leaf_spec(value: Any, what: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
+def _leaf_spec(value: Any, what: str, name: str) -> tuple[tuple[int, ...], Any, bool]:
+    """``(shape, dtype, weak)`` of a leaf; the dtype canonicalised as JAX would (float64 is
+    float32 when x64 is off, silently, as ``lax.scan`` does)."""
     shape = getattr(value, "shape", None)
     dtype = getattr(value, "dtype", None)
+    weak = bool(getattr(value, "weak_type", False))
     if shape is None or dtype is None:
         try:
             arr = np.asarray(value) if not isinstance(value, (bool, int, float, complex)) \
@@ -114,12 +51,20 @@ def _leaf_spec(value: Any, what: str, name: str) -> tuple[tuple[int, ...], np.dt
             raise StepFunctionError(
                 f"{what} leaf {name} is not an array ({type(value).__name__}): {exc}") from None
         shape, dtype = arr.shape, arr.dtype
-    dtype = np.dtype(dtype)
-    if not is_numeric(dtype):
-        raise StepFunctionError(
-            f"{what} leaf {name} has dtype {dtype} ({type(value).__name__}); "
-            "recur needs numeric arrays (bool, int, float or complex).")
-    return tuple(int(s) for s in shape), dtype
+        weak = isinstance(value, (bool, int, float, complex))
+    if not is_key(dtype):
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise StepFunctionError(
+                f"{what} leaf {name} has dtype {dtype} ({type(value).__name__}); recur needs "
+                "numeric arrays (bool, int, float, complex) or PRNG keys.") from None
+        if not is_numeric(dtype):
+            raise StepFunctionError(
+                f"{what} leaf {name} has dtype {dtype} ({type(value).__name__}); "
+                "recur needs numeric arrays (bool, int, float or complex) or PRNG keys.")
+        dtype = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+    return tuple(int(s) for s in shape), dtype, weak
 
 
 def _flatten(tree: Any, what: str) -> tuple[list[Any], Any, list[str]]:
@@ -149,7 +94,7 @@ def sequence_length(xs: Any, length: int | None) -> tuple[int, list[Any], Any, l
         return int(length), [], treedef, []
     lengths = {}
     for name, leaf in zip(names, leaves):
-        shape, _ = _leaf_spec(leaf, "xs", name)
+        shape = _leaf_spec(leaf, "xs", name)[0]
         if len(shape) == 0:
             raise StepFunctionError(
                 f"xs leaf {name} is a scalar; every leaf of xs needs a leading time axis "
@@ -225,7 +170,7 @@ def trace_step(fn: Callable, h0: Any, xs: Any, params: Any = None, *,
                               jax.tree_util.tree_flatten_with_path(out)[0]]
         return out_leaves
 
-    avals = [jax.ShapeDtypeStruct(s.shape, s.dtype) for s in h_specs + x_specs + p_specs]
+    avals = [s.aval for s in h_specs + x_specs + p_specs]
     form = "fn(h, x, params)" if has_params else "fn(h, x)"
     try:
         closed = jax.make_jaxpr(flat_fn)(*avals)
@@ -250,22 +195,55 @@ def trace_step(fn: Callable, h0: Any, xs: Any, params: Any = None, *,
 
     out_def = out_store["treedef"]
     if out_def != h_def:
+        hint = ""
+        kids = out_def.children() if out_def.num_nodes > 1 else []
+        if len(kids) == 2 and kids[0] == h_def and str(out_def).startswith("PyTreeDef(("):
+            hint = (" It returns a pair (new state, output): that is a jax.lax.scan body "
+                    "`f(carry, x) -> (carry, y)`; use recur.lax.scan(f, init, xs) for it, or "
+                    "return only the new state.")
         raise StepFunctionError(
             "the step function returns another structure than the state: the state is "
             f"{h_def} but the step returned {out_def}. It must return the new state with "
-            "exactly the structure of h0.")
+            "exactly the structure of h0." + hint)
     for spec, out_aval in zip(h_specs, closed.out_avals):
         if tuple(out_aval.shape) != spec.shape:
             raise StepFunctionError(
                 f"the step function returns state leaf {spec.name} with shape "
                 f"{tuple(out_aval.shape)}, but the state has shape {spec.shape}.")
-        if np.dtype(out_aval.dtype) != spec.dtype:
+        if out_aval.dtype != spec.dtype:
             raise StepFunctionError(
-                f"the step function returns state leaf {spec.name} as {np.dtype(out_aval.dtype)}"
-                f", but the state is {spec.dtype}; a state must keep its dtype (lax.scan refuses "
+                f"the step function returns state leaf {spec.name} as {dtype_name(out_aval.dtype)}"
+                f", but the state is {dtype_name(spec.dtype)}; a state must keep its dtype (lax.scan refuses "
                 f"the carry otherwise). Cast the new value, e.g. `.astype(h.dtype)`, or make "
                 f"params/inputs {spec.dtype}.")
-    return StepIR(jaxpr=closed, **ir_partial)
+    return StepIR(jaxpr=closed, jvp_blockers=jvp_blockers(closed), **ir_partial)
+
+
+_NO_JVP = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr", "pure_callback",
+                     "io_callback", "callback"})
+
+
+def jvp_blockers(closed) -> tuple[str, ...]:
+    """Operations forward-mode autodiff cannot go through (a ``jax.custom_vjp`` function,
+    a host callback), named as the user wrote them where JAX kept the name."""
+    found: list[str] = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            name = eqn.primitive.name
+            if name in _NO_JVP:
+                label = eqn.params.get("name") or getattr(eqn.params.get("call_jaxpr"), "name",
+                                                          None)
+                fun = eqn.params.get("fun_jaxpr") or eqn.params.get("call_jaxpr")
+                fname = getattr(getattr(fun, "jaxpr", fun), "debug_info", None)
+                fname = getattr(fname, "func_name", None) or label
+                what = "a custom_vjp function" if "custom_vjp" in name else "a host callback"
+                found.append(f"{what} {fname!r}" if fname else what)
+            for sub in jx.sub_jaxprs(eqn):
+                walk(sub.jaxpr)
+
+    walk(closed.jaxpr)
+    return tuple(dict.fromkeys(found))
 
 
 def _describe(specs) -> str:

@@ -1,14 +1,36 @@
-r"""The last line of defence: a residual check of a parallel result, and the fallback.
+r"""The one convergence test, the one non-finite rule, and the fallback.
 
-The residual of a trajectory is ``r_t = h_t - f(h_{t-1}, x_t)`` (one batched evaluation
-of ``f``).  A result is accepted when, elementwise,
+Tolerances
+----------
+Every element has its own tolerance, from the dtype of the leaf it belongs to:
+``atol = rtol = eps^(2/3)`` (``2.4e-5`` for float32, ``3.7e-11`` for float64; bfloat16 and
+float16 by their own ``eps``), unless the user gives ``rtol``/``atol``.  So a float64 leaf
+next to a float32 leaf is solved to float64 accuracy.
 
-    |r_t| <= atol + rtol * max(|h_t|, |f(h_{t-1}, x_t)|),
+The step test (the residual)
+----------------------------
+For a trajectory ``z`` and ``f = f(shift(z), x)`` (one batched evaluation of the step), an
+element agrees when
 
-where positions at which both sides are the same non-finite value (a NaN or an overflow
-that the sequential loop produces too) count as agreeing.  Default tolerances are tied to
-the dtype: ``atol = rtol = eps^(2/3)`` of the least precise state leaf.
+    z and f are finite and |z - f| <= atol + rtol |f|,
+    or z and f are the same non-finite value (both NaN, or the same infinity).
 
+A non-finite value agrees only with the same non-finite value: ``z = inf`` never passes
+against a finite ``f``.  The reported residual is ``max |z - f|`` over the finite
+differences, ``inf`` when some element disagrees through a non-finite value.
+
+The forward-error test
+----------------------
+A small residual per step does not bound the trajectory's error: for a slowly contracting
+step (``ρ = |∂f/∂h| ≈ 1 - 1e-3``) per-step residuals ``r`` add up to ``r / (1 - ρ)``.  The
+iterative solvers therefore also estimate the error ``e`` of the trajectory itself by
+propagating the residuals through the linearised recurrence (``e_t = Ã_t e_{t-1} + r_t``,
+one scan: the next correction of the iteration) and accept only when, elementwise,
+``|e| <= atol + rtol |z|`` as well (``runtime/_iterative.py`` says what the estimate bounds
+for each method).
+
+The fallback
+------------
 Fallback to the sequential loop happens inside the compiled program with ``lax.cond``.
 Under ``vmap`` a batched predicate would turn ``cond`` into ``select`` and run the loop for
 every example; the predicate is therefore reduced over the batch ("some example failed")
@@ -18,38 +40,103 @@ failed examples.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
 from .._dtypes import is_inexact
 from . import _sharding
 
 
-def default_tolerance(dtypes) -> float:
-    inexact = [dt for dt in dtypes if is_inexact(dt)] or [jnp.float32]
-    eps = max(float(jnp.finfo(dt).eps) for dt in inexact)
-    return eps ** (2.0 / 3.0)
+def leaf_tolerance(dtype) -> float:
+    """``eps^(2/3)`` of an inexact dtype (float32 for the others)."""
+    dt = dtype if is_inexact(dtype) else jnp.float32
+    return float(jnp.finfo(dt).eps) ** (2.0 / 3.0)
 
 
-def residual(f: Callable, z0, zs, xs, *, rtol: float, atol: float):
-    """``(max |r|, ok)`` for the trajectory ``zs`` (shape ``(T, n)``)."""
-    prev = _sharding.shift(zs, z0)
-    fz = jax.vmap(f)(prev, xs) if xs is not None else jax.vmap(lambda z: f(z, None))(prev)
-    diff = jnp.abs(zs - fz)
-    scale = jnp.maximum(jnp.abs(zs), jnp.abs(fz))
-    same_nonfinite = (~jnp.isfinite(zs)) & (~jnp.isfinite(fz)) & (
-        (jnp.isnan(zs) & jnp.isnan(fz)) | (zs == fz))
-    bad = ~((diff <= atol + rtol * scale) | same_nonfinite)
-    finite_diff = jnp.where(jnp.isfinite(diff), diff, 0)
-    valid = _sharding.valid_steps(zs.shape[0])
+def element_tolerances(leaf_dtypes: Sequence, sizes: Sequence[int], rtol=None, atol=None):
+    """``(rtol, atol)`` for a stage whose elements come from leaves of ``leaf_dtypes`` with
+    ``sizes`` elements each: NumPy scalars when all agree, ``(n,)`` vectors otherwise."""
+    per = np.concatenate([np.full(s, leaf_tolerance(d)) for d, s in zip(leaf_dtypes, sizes)]) \
+        if sizes else np.zeros(0)
+
+    def one(user):
+        if user is not None:
+            return np.float64(user)
+        if per.size and np.all(per == per[0]):
+            return np.float64(per[0])
+        return per if per.size else np.float64(leaf_tolerance(jnp.float32))
+
+    return one(rtol), one(atol)
+
+
+def _real(dtype):
+    return jnp.finfo(dtype).dtype
+
+
+def _tol(tol, rdt):
+    return jnp.asarray(tol, rdt)
+
+
+def same_nonfinite(z, f) -> jax.Array:
+    """Positions where ``z`` and ``f`` are the same non-finite value."""
+    return (~jnp.isfinite(z)) & (~jnp.isfinite(f)) & ((jnp.isnan(z) & jnp.isnan(f)) | (z == f))
+
+
+def step_test(z, f, rtol, atol):
+    """Per element (``z``, ``f``: ``(T, n)``): ``bad`` (fails the step test), the finite
+    part of ``|z - f|``, and ``nonfinite`` (fails through a non-finite value)."""
+    rdt = _real(z.dtype)
+    diff = jnp.abs(z - f).astype(rdt)
+    finite = jnp.isfinite(z) & jnp.isfinite(f)
+    ok = (finite & (diff <= _tol(atol, rdt) + _tol(rtol, rdt) * jnp.abs(f).astype(rdt))) \
+        | same_nonfinite(z, f)
+    bad = ~ok
+    fin = jnp.where(finite, diff, jnp.zeros((), rdt))
+    valid = _sharding.valid_steps(z.shape[0])
     if valid is not None:  # padded steps (across devices) never count
         bad = bad & valid[:, None]
-        finite_diff = jnp.where(valid[:, None], finite_diff, 0)
-    res = jnp.max(finite_diff, initial=0.0).astype(jnp.finfo(diff.dtype).dtype)
-    res = jnp.where(jnp.any(bad & ~jnp.isfinite(diff)), jnp.inf, res)
-    res, failed = _sharding.reduce_max(res), _sharding.reduce_any(jnp.any(bad))
-    return jax.lax.stop_gradient(res), jax.lax.stop_gradient(~failed)
+        fin = jnp.where(valid[:, None], fin, 0)
+    return bad, fin, bad & ~finite
+
+
+def summarize(bad, fin, nonfinite):
+    """``(residual, ok)`` over all steps (and devices): the largest finite difference, or
+    ``inf`` when an element disagrees through a non-finite value."""
+    res = jnp.max(fin, initial=0.0)
+    res = jnp.where(jnp.any(nonfinite), jnp.inf, res).astype(fin.dtype)
+    return _sharding.reduce_max(res), ~_sharding.reduce_any(jnp.any(bad))
+
+
+def check(z, f, rtol, atol):
+    """``(residual, ok)`` of the step test on the whole trajectory."""
+    return summarize(*step_test(z, f, rtol, atol))
+
+
+def error_test(e, z, rtol, atol):
+    """``(max |e|, ok)``: the estimated error ``e`` of ``z`` within ``atol + rtol |z|``
+    everywhere (a non-finite estimate fails, except where ``z`` is itself non-finite)."""
+    rdt = _real(z.dtype)
+    mag = jnp.abs(e).astype(rdt)
+    # where z itself is not finite the step test decides (the loop gives the same value)
+    ok = ~jnp.isfinite(z) | (jnp.isfinite(mag) & (
+        mag <= _tol(atol, rdt) + _tol(rtol, rdt) * jnp.abs(z).astype(rdt)))
+    valid = _sharding.valid_steps(z.shape[0])
+    if valid is not None:
+        ok = ok | ~valid[:, None]
+        mag = jnp.where(valid[:, None], mag, 0)
+    err = jnp.max(jnp.where(jnp.isfinite(mag), mag, jnp.inf), initial=0.0).astype(rdt)
+    return _sharding.reduce_max(err), ~_sharding.reduce_any(jnp.any(~ok))
+
+
+def residual(f: Callable, z0, zs, xs, *, rtol, atol):
+    """``(residual, ok)`` of the step test for the trajectory ``zs`` (``(T, n)``)."""
+    prev = _sharding.shift(zs, z0)
+    fz = jax.vmap(f)(prev, xs) if xs is not None else jax.vmap(lambda z: f(z, None))(prev)
+    res, ok = check(zs, fz, rtol, atol)
+    return jax.lax.stop_gradient(res), jax.lax.stop_gradient(ok)
 
 
 @jax.custom_batching.custom_vmap
@@ -71,9 +158,10 @@ def with_fallback(zs, ok, sequential: Callable[[], jax.Array]):
     some_failed = any_over_batch(jax.lax.stop_gradient(~ok))
 
     def repair(zs):
-        return jnp.where(ok, zs, sequential())
+        return jax.tree.map(lambda a, b: jnp.where(ok, a, b), zs, sequential())
 
     return jax.lax.cond(some_failed, repair, lambda zs: zs, zs)
 
 
-__all__ = ["default_tolerance", "residual", "any_over_batch", "with_fallback"]
+__all__ = ["leaf_tolerance", "element_tolerances", "same_nonfinite", "step_test", "summarize",
+           "check", "error_test", "residual", "any_over_batch", "with_fallback"]

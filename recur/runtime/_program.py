@@ -3,23 +3,22 @@
 The program is one JAX function of ``(h0 leaves, xs leaves, params leaves, consts)``,
 where ``consts`` are the step's closed-over arrays, passed as arguments: the step is
 evaluated from its jaxpr, never from a Python closure, so a compiled program can be
-reused safely.  It is compiled once per *program key* — the jaxpr (its text and the
+reused safely.  It is compiled once per *program key* -- the jaxpr (its text and the
 identity of any Python callables in its parameters, such as custom JVP rules), the
-shapes and dtypes of every argument, and every decision of the plan (method, Jacobian
-structure and block layout, options) — and kept in a small LRU cache.  Outside a trace
-this makes repeated calls cheap; under a user's ``jit``/``vmap``/``grad`` the inner ``jit``
-is simply inlined.
+shapes and dtypes of every argument, and every decision of the plan (method, stages and
+their structures, options) -- and kept in a small LRU cache.  Outside a trace this makes
+repeated calls cheap; under a user's ``jit``/``vmap``/``grad`` the inner ``jit`` is simply
+inlined.
 
-For ``scan`` the program solves the affine recurrence, checks the residual (unless
-``check=False``) and, per ``on_failure``, falls back to the sequential loop inside the
-same program (``"sequential"``), raises ``ConvergenceError`` (``"raise"``), or returns the
-result as is (``"ignore"``).
+What the program does is ``_stages.py``: the stages in order (each checked, falling back
+to the loop per ``on_failure``), then the whole-step check of a staged plan.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import logging
 from typing import Any
 
 import jax
@@ -27,167 +26,132 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _jax_adapter as jx
-from .._dtypes import is_inexact
 from .._errors import ConvergenceError, PlanError
 from .._info import Info
+from .._ir import jaxpr_step
 from .._plan import Plan
-from ._affine import solve_affine
-from ._checks import default_tolerance, residual, with_fallback
-from ._flat import FlatStep, jaxpr_step
-from ._newton import METHODS as ITERATIVE_METHODS
-from ._newton import solve_nonlinear
-from ._sequential import sequential_scan
 from . import _sharding
+from ._checks import with_fallback
+from ._result import Reason, StageStats, stack
+from ._sequential import sequential_scan
+from ._stages import StageRun, first_nonfinite, placeholders, run_stage, whole_step_check
 
 _CACHE_SIZE = 64
 _programs: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
 
 
-def _info(method, iterations, res, converged, fell_back, lyapunov, evaluations):
-    return Info(method=method, iterations=jnp.asarray(iterations, jnp.int32),
-                residual=jnp.asarray(res), converged=jnp.asarray(converged, bool),
-                fell_back=jnp.asarray(fell_back, bool),
-                lyapunov=jnp.asarray(lyapunov, jnp.float32),
-                evaluations=jnp.asarray(evaluations, jnp.int32))
-
-
-def _unflatten_x(ir, x):
-    if ir.input_treedef is None:
-        return None
-    return jax.tree_util.tree_unflatten(ir.input_treedef, [] if x is None else list(x))
-
-
-def _unflatten_p(ir, p_leaves):
-    return jax.tree_util.tree_unflatten(ir.param_treedef, list(p_leaves))
+def _info(method: str, stats: StageStats, nonfinite) -> Info:
+    return Info(method=method, iterations=stats.iterations, residual=stats.residual,
+                error=stats.error, converged=stats.converged, fell_back=stats.fell_back,
+                reason=stats.reason, lyapunov=stats.lyapunov, evaluations=stats.evaluations,
+                first_nonfinite=nonfinite)
 
 
 def _run(plan: Plan, in_trace: bool, user_jacobian, axis, h_leaves, x_leaves, p_leaves, consts,
          init_leaves):
     with _sharding.along(axis):
-        return _run_plan(plan, in_trace, user_jacobian, h_leaves, x_leaves, p_leaves, consts,
-                         init_leaves)
+        return run_plan(plan, in_trace, user_jacobian, h_leaves, x_leaves, p_leaves, consts,
+                        init_leaves)
 
 
-def _run_plan(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_leaves, consts,
-              init_leaves):
-    ir = plan._ir
-    options = dict(plan.options)
-    axis = _sharding.current()
-    T, n = (ir.length if axis is None else axis.local), ir.n_state
-    leaf_step = jaxpr_step(ir, consts)
-    flat = FlatStep(ir, leaf_step)
-    real_dtype = np.dtype(jnp.finfo(flat.dtype).dtype) if is_inexact(flat.dtype) \
-        else np.dtype(np.float32)
-    x_per_step = x_leaves if x_leaves else None
-    n_stages = len(plan.stages)
+def _user_jacobian(plan: Plan, user_jacobian, stage: StageRun, p_leaves):
+    """The user's ``jacobian(h, x, params) -> diag like h`` as ``(z, x) -> (n_stage,)``."""
+    if user_jacobian is None:
+        return None
+    ir, view = plan.ir, stage.view
 
-    if all(st.method == "sequential" for st in plan.stages) or T == 0:
-        def step(h, x):
-            return leaf_step(h, [] if x is None else x, p_leaves)
-        if axis is not None and ir.reverse:  # time is flipped (runtime/_sharding.py)
-            xs_fwd = None if x_per_step is None else [jnp.flip(v, 0) for v in x_per_step]
-            hs = [jnp.flip(v, 0) for v in
-                  sequential_scan(step, list(h_leaves), xs_fwd, length=T)]
-        else:
-            hs = sequential_scan(step, list(h_leaves), x_per_step, length=T, reverse=ir.reverse)
-        zero = jnp.zeros((n_stages,) if n_stages > 1 else (), real_dtype)
-        return list(hs), _info(plan.method, jnp.zeros_like(zero, jnp.int32), zero,
-                               jnp.ones_like(zero, bool), jnp.zeros_like(zero, bool),
-                               jnp.full_like(zero, jnp.nan, jnp.float32),
-                               jnp.full_like(zero, _sharding.global_length(T), jnp.int32))
-
-    if ir.reverse and x_per_step is not None:
-        x_per_step = [jnp.flip(v, 0) for v in x_per_step]
-
-    def f(z, x):
-        return flat(z, [] if x is None else x, p_leaves)
-
-    z0 = flat.ravel(h_leaves)
-    zs = jnp.zeros((T, n), flat.dtype)
-    init_full = None if init_leaves is None else flat.ravel_batched(init_leaves)
-    if init_full is not None and ir.reverse:
-        init_full = jnp.flip(init_full, 0)
-    stats = []
-    for data, stage in zip(plan._stages, plan.stages):
-        if len(data.elements) == n:
-            f_s, xs_s, z0_s = f, x_per_step, z0
-        else:
-            idx = jnp.asarray(data.elements)
-            prev = _sharding.shift(zs, z0)
-
-            def f_s(z, xp, idx=idx):
-                x, before = xp
-                return f(before.at[idx].set(z), x)[idx]
-            xs_s, z0_s = (x_per_step, prev), z0[idx]
-        idx_np = data.elements
-        init_s = None if init_full is None else init_full[:, jnp.asarray(idx_np)]
-        jac_s = None
-        if user_jacobian is not None:
-            def jac_s(z, xp, idx=jnp.asarray(idx_np), full_state=len(idx_np) == n):
-                x, before = (xp, None) if full_state else xp
-                full = z if full_state else before.at[idx].set(z)
-                d = flat.ravel(jax.tree_util.tree_leaves(user_jacobian(
-                    jax.tree_util.tree_unflatten(ir.state_treedef, flat.unravel(full)),
-                    _unflatten_x(ir, x), _unflatten_p(ir, p_leaves))))
-                return d if full_state else d[idx]
-        zs_s, stage_stats = _run_stage(stage.method, f_s, z0_s, xs_s, data, ir, options,
-                                       in_trace, real_dtype, T, init_s, jac_s)
-        zs = zs_s if len(data.elements) == n else zs.at[:, jnp.asarray(data.elements)].set(zs_s)
-        stats.append(stage_stats)
-    if ir.reverse:
-        zs = jnp.flip(zs, 0)
-    fields = [jnp.stack(v) if n_stages > 1 else v[0] for v in zip(*stats)]
-    return flat.unravel(zs, lead=(T,)), _info(plan.method, *fields)
+    def jac(z, xb):
+        x, before = (xb, None) if view.complete else xb
+        h = jax.tree_util.tree_unflatten(ir.state_treedef, view.scatter(z, before))
+        xt = None if ir.input_treedef is None else jax.tree_util.tree_unflatten(
+            ir.input_treedef, [] if x is None else list(x))
+        p = jax.tree_util.tree_unflatten(ir.param_treedef, list(p_leaves))
+        d = user_jacobian(h, xt, p)
+        try:
+            leaves = jax.tree_util.tree_leaves(d)
+            return view.gather([jnp.broadcast_to(jnp.asarray(v), leaf.shape)
+                                for v, leaf in zip(leaves, ir.state)])
+        except (ValueError, TypeError) as exc:
+            raise PlanError(
+                "jacobian= must return the diagonal of ∂f/∂h with the structure and shapes "
+                f"of the state ({', '.join(f'{l.name}: {l.shape}' for l in ir.state)}); "
+                f"got {jax.tree_util.tree_map(jnp.shape, d)} ({exc})") from None
+    return jac
 
 
-def _run_stage(method, f, z0, xs, data, ir, options, in_trace, real_dtype, T, init=None,
-               jacobian=None):
-    """One stage: ``(zs, (iterations, residual, converged, fell_back, lyapunov,
-    evaluations))``; ``evaluations`` counts single-step evaluations of the step function
-    (JVPs not counted), the fallback loop included, to compare with ``T`` for the loop."""
-    nan = jnp.asarray(jnp.nan, jnp.float32)
+def run_plan(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_leaves, consts,
+             init_leaves):
+    ir = plan.ir
+    options = plan.option_dict
+    T = ir.length if _sharding.current() is None else _sharding.current().local
     T_all = _sharding.global_length(T)
-    if method == "sequential":
-        zs = sequential_scan(f, z0, xs, length=T)
-        return zs, (jnp.asarray(0, jnp.int32), jnp.zeros((), real_dtype), jnp.asarray(True),
-                    jnp.asarray(False), nan, jnp.asarray(T_all, jnp.int32))
-    tol = default_tolerance([leaf.dtype for leaf in ir.state])
-    rtol = options.get("rtol") if options.get("rtol") is not None else tol
-    atol = options.get("atol") if options.get("atol") is not None else tol
+    step = jaxpr_step(ir, consts)
+    n_stages = len(plan.stages)
+    xs = list(x_leaves) if x_leaves else None
+    if ir.reverse and xs is not None:
+        xs = [jnp.flip(v, 0) for v in xs]
+    init = None if init_leaves is None else [jnp.flip(v, 0) if ir.reverse else v
+                                             for v in init_leaves]
+
+    def loop_all():
+        def body(h, x):
+            return step(h, [] if x is None else x, p_leaves)
+        return sequential_scan(body, list(h_leaves), xs, length=T)
+
     on_failure = options.get("on_failure", "sequential")
-    fell_back = jnp.asarray(False)
-    if method in ITERATIVE_METHODS:
-        zs, st = solve_nonlinear(f, z0, xs, method=method, structure=data.structure, length=T,
-                                 rtol=rtol, atol=atol, max_iters=options.get("max_iters"),
-                                 init=init, jacobian=jacobian, window=options.get("window"),
-                                 lyapunov=bool(options.get("lyapunov", True)))
-        res, ok = st["residual"].astype(real_dtype), st["converged"]
-        if on_failure == "sequential":
-            zs = with_fallback(zs, ok, lambda: sequential_scan(f, z0, xs, length=T))
-            fell_back = ~ok
-        elif on_failure == "raise" and in_trace:
-            _raise_at_run_time(ok, res, method)
-        evals = st["evaluations"] + jnp.where(fell_back, T_all, 0)
-        return zs, (st["iterations"].astype(jnp.int32), res, ok, fell_back,
-                    st["lyapunov"].astype(jnp.float32), evals.astype(jnp.int32))
-    zs = solve_affine(f, z0, xs, data.structure, T)
-    if options.get("check", True):
-        res, ok = residual(f, z0, zs, xs, rtol=rtol, atol=atol)
-        if on_failure == "sequential":
-            zs = with_fallback(zs, ok, lambda: sequential_scan(f, z0, xs, length=T))
-            fell_back = ~ok
-        elif on_failure == "raise" and in_trace:
-            _raise_at_run_time(ok, res, method)
+    raiser = functools.partial(_raise_at_run_time) if on_failure == "raise" and in_trace \
+        else None
+    if all(st.method == "sequential" for st in plan.stages) or T == 0:
+        hs = loop_all()
+        stats = stack([StageStats.make(reason=Reason.SEQUENTIAL, evaluations=T_all)] * n_stages)
     else:
-        res, ok = jnp.asarray(jnp.nan, real_dtype), jnp.asarray(True)
-    # the coefficients (b_t = f(0, x_t)) and f(z0, x_0), the check, the fallback
-    evals = T_all + 1 + (T_all if options.get("check", True) else 0) + \
-        jnp.where(fell_back, T_all, 0)
-    return zs, (jnp.asarray(1, jnp.int32), res.astype(real_dtype), ok, fell_back, nan,
-                jnp.asarray(evals, jnp.int32))
+        hs = placeholders(h_leaves, T)
+        per_stage = []
+        for data, stage in zip(plan.stage_data, plan.stages):
+            run = StageRun(ir, data, stage.method)
+            hs, st = run_stage(run, step, hs, h_leaves, xs, p_leaves, T, options, init=init,
+                               jacobian=None if run.view is None else
+                               _user_jacobian(plan, user_jacobian, run, p_leaves),
+                               raise_on_failure=raiser)
+            per_stage.append(st)
+        stats = stack(per_stage)
+        if n_stages > 1 and options.get("check", True):
+            res, ok = whole_step_check(ir, step, hs, h_leaves, xs, p_leaves, options)
+            fell_back = jnp.asarray(False)
+            if on_failure == "sequential":
+                hs = with_fallback(hs, ok, loop_all)
+                fell_back = ~ok
+            elif raiser is not None:
+                raiser(ok, res, "staged (whole-step check)")
+            stats = stats.replace(
+                converged=stats.converged & ok, fell_back=stats.fell_back | fell_back,
+                reason=jnp.where(ok, stats.reason, Reason.WHOLE_STEP).astype(jnp.int32),
+                evaluations=stats.evaluations + T_all + jnp.where(fell_back, T_all, 0))
+    nonfinite = first_nonfinite(ir, hs, ir.reverse)
+    if ir.reverse:
+        hs = [jnp.flip(v, 0) for v in hs]
+    return list(hs), _info(plan.method, stats, nonfinite)
+
+
+# ----------------------------------------------------------------------------- raising
+
+class _QuietConvergenceError(logging.Filter):
+    """JAX logs every exception raised inside a host callback with its traceback before
+    re-raising it; a ConvergenceError asked for with on_failure='raise' is not a crash."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, ConvergenceError)
+
+
+for _name in ("jax._src.debugging", "jax._src.callback"):
+    logging.getLogger(_name).addFilter(_QuietConvergenceError())
 
 
 def _raise_at_run_time(ok, res, method: str) -> None:
+    """Under ``jit`` the program fails at run time; JAX reports it as a ``JaxRuntimeError``
+    whose message ends with ``ConvergenceError: ...`` (an exception cannot leave a compiled
+    program with its own type)."""
     def check(ok_value, res_value):
         if not np.all(ok_value):
             raise ConvergenceError(
@@ -195,6 +159,8 @@ def _raise_at_run_time(ok, res, method: str) -> None:
                 f"{float(np.max(res_value)):.3g} (on_failure='raise')")
     jax.debug.callback(check, ok, res)
 
+
+# ----------------------------------------------------------------------------- caching
 
 def _callables(jaxpr, out: list) -> None:
     for eqn in jaxpr.eqns:
@@ -208,19 +174,23 @@ def _callables(jaxpr, out: list) -> None:
 
 
 def _avals(leaves) -> tuple:
-    return tuple((tuple(np.shape(v)), str(jnp.result_type(v))) for v in leaves)
+    return tuple((tuple(np.shape(v)), str(jax.typeof(v).dtype) if hasattr(jax, "typeof")
+                  else str(jnp.result_type(v)), bool(getattr(v, "weak_type", False)))
+                 for v in leaves)
+
+
+def step_key(ir) -> tuple:
+    """What identifies the traced step: its jaxpr's text and the Python callables in it."""
+    found: list = []
+    _callables(ir.jaxpr.jaxpr, found)
+    return (str(ir.jaxpr.jaxpr), tuple(found), ir.state_treedef, ir.input_treedef,
+            ir.param_treedef, ir.reverse, ir.length)
 
 
 def program_key(plan: Plan, leaves, in_trace: bool) -> tuple:
-    ir = plan._ir
-    found: list = []
-    _callables(ir.jaxpr.jaxpr, found)
-    # the structure by value: blocks, column colouring and its pattern, solver hints
-    stages = tuple((st.method, d.elements.tobytes(), d.structure.key())
-                   for st, d in zip(plan.stages, plan._stages))
-    return (str(ir.jaxpr.jaxpr), tuple(found), tuple(map(_avals, leaves)),
-            plan.method, stages, plan.options, ir.reverse, ir.length, plan.layout, plan._mesh,
-            ir.state_treedef, ir.input_treedef, ir.param_treedef, in_trace)
+    stages = tuple((st.method, d.key()) for st, d in zip(plan.stages, plan.stage_data))
+    return (step_key(plan.ir), tuple(map(_avals, leaves)), plan.method, stages, plan.options,
+            plan.layout, plan.mesh, in_trace)
 
 
 def _place(v, mesh, spec):
@@ -236,7 +206,7 @@ def _sharded_program(plan: Plan, in_trace: bool, jacobian, n_h: int, n_x: int, n
     inputs padded to ``D L`` steps (at the end of the processing order) and sharded along
     time, parameters and closed-over arrays replicated, states returned sharded along
     time and unpadded."""
-    lay, mesh, ir = plan.layout, plan._mesh, plan._ir
+    lay, mesh, ir = plan.layout, plan.mesh, plan.ir
     T, pad, reverse = ir.length, lay.padding, ir.reverse
     axis = _sharding.TimeAxis(name=lay.axis_name, size=lay.devices, length=T + pad, valid=T,
                               reversed=reverse)
@@ -277,7 +247,7 @@ def execute(plan: Plan, h0: Any, xs: Any, params: Any, *, init: Any = None,
             jacobian: Any = None) -> tuple[Any, Info]:
     """Run ``plan``; ``init`` (a trajectory like ``hs``) and ``jacobian`` (a function
     ``(h, x, params) -> diag of ∂f/∂h`` like ``h``) only guide the iterative solvers."""
-    ir = plan._ir
+    ir = plan.ir
     init_leaves = None if init is None else [jnp.asarray(v)
                                              for v in jax.tree_util.tree_leaves(init)]
     if init_leaves is not None:
@@ -306,13 +276,13 @@ def execute(plan: Plan, h0: Any, xs: Any, params: Any, *, init: Any = None,
     else:
         _programs.move_to_end(key)
     out_leaves, info = program(h_leaves, x_leaves, p_leaves, consts, init_leaves)
-    if plan.method != "sequential" and dict(plan.options).get("on_failure") == "raise" \
+    if plan.method != "sequential" and plan.option_dict.get("on_failure") == "raise" \
             and not in_trace and not bool(np.all(info.converged)):
         raise ConvergenceError(
             f"method {plan.method!r} did not meet the tolerance: residual "
-            f"{float(np.max(info.residual)):.3g} (on_failure='raise'). Use on_failure='sequential' "
-            "to fall back to the loop.")
+            f"{float(np.max(info.residual)):.3g}, {info.reasons()} (on_failure='raise'). Use "
+            "on_failure='sequential' to fall back to the loop.")
     return jax.tree_util.tree_unflatten(ir.state_treedef, out_leaves), info
 
 
-__all__ = ["execute", "program_key"]
+__all__ = ["execute", "program_key", "step_key"]

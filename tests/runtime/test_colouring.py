@@ -25,8 +25,9 @@ from recur.passes._structure import (Structure, analyse_structure, column_colour
                                      is_proper_colouring)
 from recur.passes._trace import trace_step
 from recur.passes._verify import verify
-from recur.runtime import _jacobian, _newton
-from recur.runtime._newton import solve_nonlinear
+from recur import _coefficients
+from recur.runtime import _iterative, _jacobian
+from recur.runtime._iterative import solve_nonlinear
 
 TOL = dict(rtol=1e-13, atol=1e-13)
 D = 12
@@ -112,7 +113,7 @@ def test_colouring_is_proper_and_reconstructs(drawn):
         rng = np.random.default_rng(seed)
         J = np.where(pattern, rng.standard_normal((n, n)), 0.0)
         coloured = types.SimpleNamespace(colours=colours, pattern=pattern)
-        got = _jacobian.structured_from_jvp(lambda v: jnp.asarray(J) @ v, n, jnp.float64,
+        got = _coefficients.structured_from_jvp(lambda v: jnp.asarray(J) @ v, n, jnp.float64,
                                             coloured)
         assert got.shape == (1, n, n)
         np.testing.assert_array_equal(np.asarray(got[0]), J)
@@ -185,9 +186,9 @@ def test_windows_with_colouring(l96):
     assert s.colours is not None
     ref = loop(lorenz96, h0, xs, p)
     for kw in (dict(method="quasi-deer", window=8),):  # ELK: same extraction as deer
-        zs, info = jax.jit(lambda h0, xs: solve_nonlinear(
+        zs, info, _ = jax.jit(lambda h0, xs: solve_nonlinear(
             step, h0, xs, structure=s, length=xs.shape[0], **kw, **TOL))(h0, xs)
-        assert bool(info["converged"]), kw
+        assert bool(info.converged), kw
         np.testing.assert_allclose(zs, ref, rtol=0, atol=1e-10)
 
 
@@ -223,7 +224,7 @@ def test_jvp_count_drops(l96, monkeypatch):
     s = structure_of(step, h0, xs)
     plain = dataclasses.replace(s, colours=None, pattern=None)
     seen: list[int] = []
-    direct, shifted = _newton._tangent_columns, _newton._shift_per_step
+    direct, shifted = _jacobian.tangent_columns, _iterative._shift_per_step
 
     def spy(make):
         def wrapped(*args):
@@ -234,8 +235,8 @@ def test_jvp_count_drops(l96, monkeypatch):
                 return per_step(U)
             return counted
         return wrapped
-    monkeypatch.setattr(_newton, "_tangent_columns", spy(direct))
-    monkeypatch.setattr(_newton, "_shift_per_step", spy(shifted))
+    monkeypatch.setattr(_jacobian, "tangent_columns", spy(direct))
+    monkeypatch.setattr(_iterative, "_shift_per_step", spy(shifted))
     for st_, expected in ((s, 4), (plain, D)):
         for method in ("deer", "quasi-deer"):
             seen.clear()
@@ -248,13 +249,13 @@ def test_jvp_count_drops(l96, monkeypatch):
     lin = lambda h, x: banded_linear(h, x, {"a": 0.5})  # noqa: E731
     sa = structure_of(lin, h0, xs)
     counts: list[int] = []
-    real = _jacobian.structure_tangents
+    real = _coefficients.structure_tangents
 
     def spy_tangents(*args):
         out = real(*args)
         counts.append(out.shape[0])
         return out
-    monkeypatch.setattr(_jacobian, "structure_tangents", spy_tangents)
+    monkeypatch.setattr(_coefficients, "structure_tangents", spy_tangents)
     from recur.runtime._affine import solve_affine
     jax.make_jaxpr(lambda h: solve_affine(lin, h, xs, sa, T))(h0)
     assert counts == [3]
@@ -296,13 +297,13 @@ def test_extraction_from_colours_respects_structural_zeros(monkeypatch):
     J = jnp.asarray(np.where(pattern, rng.standard_normal((T, n, n)), 0.0))
     def per_step(U):  # time-major columns: (T, n, B)
         return jnp.einsum("tij,bj->tib", J, U)
-    E = jnp.asarray(_newton._colouring(s, n, jnp.float64))
+    E = jnp.asarray(_coefficients.structure_tangents(s, n, jnp.float64))
     assert E.shape == (3, n)
-    np.testing.assert_array_equal(_newton._jacobian_from_cols(per_step(E), s, n)[:, 0], J)
+    np.testing.assert_array_equal(_coefficients.BlockForm(s, n).from_columns(per_step(E))[:, 0], J)
     for chunk in (1 << 24, T * n):  # all colours at once, or one per lax.scan step
-        monkeypatch.setattr(_newton, "_DIAG_CHUNK_ELEMENTS", chunk)
-        diag = _newton._diag_from_cols(per_step, np.asarray(E), T, n, jnp.float64,
-                                       mask=_newton._diag_mask(s))
+        monkeypatch.setattr(_jacobian, "_DIAG_CHUNK_ELEMENTS", chunk)
+        diag = _jacobian.diagonal_from_columns(per_step, np.asarray(E), T, n, jnp.float64,
+                                       mask=_jacobian.diagonal_mask(s))
         np.testing.assert_array_equal(diag, jnp.diagonal(J, axis1=1, axis2=2))
 
 
@@ -314,7 +315,7 @@ def test_hutchinson_quasi_deer_converges_to_the_loop(l96):
     opts = dict(method="quasi-deer", diagonal="hutchinson", probes=2, **TOL)
     plan = recur.plan(lorenz96, *shapes(h0, xs, p), **opts)
     assert "Hutchinson" in plan.explain() and dict(plan.stages[0].estimates)["JVPs per step"] == 2
-    assert plan._stages[0].structure.hutchinson == 2
+    assert plan.stage_data[0].structure.hutchinson == 2
     hs, info = recur.scan(lorenz96, h0, xs, p, return_info=True, on_failure="raise", **opts)
     assert bool(info.converged) and not bool(info.fell_back)
     np.testing.assert_allclose(hs, ref, rtol=0, atol=1e-10)
@@ -331,7 +332,7 @@ def test_hutchinson_estimate():
     J = jnp.asarray(rng.standard_normal((T, n, n)))
     jvp_all = lambda V: jnp.einsum("tij,tj->ti", J, V)  # noqa: E731
     diag = jnp.diagonal(J, axis1=1, axis2=2)
-    est = jax.jit(lambda probes: _newton._diag_hutchinson(jvp_all, probes, T, n, jnp.float64),
+    est = jax.jit(lambda probes: _jacobian.diagonal_hutchinson(jvp_all, probes, T, n, jnp.float64),
                   static_argnums=0)
     one = est(3)
     np.testing.assert_array_equal(one, est(3))
@@ -339,7 +340,7 @@ def test_hutchinson_estimate():
     many = est(1000)  # error ~ sqrt(sum_j≠i J_ij^2 / 1000) ~ 0.06 per entry
     assert float(jnp.max(jnp.abs(many - diag))) < 0.3
     Jd = jnp.asarray(rng.standard_normal((T, n)))
-    exact = jax.jit(lambda: _newton._diag_hutchinson(lambda V: Jd * V, 2, T, n, jnp.float64))()
+    exact = jax.jit(lambda: _jacobian.diagonal_hutchinson(lambda V: Jd * V, 2, T, n, jnp.float64))()
     np.testing.assert_allclose(exact, Jd, rtol=1e-15, atol=0)
 
 
@@ -356,10 +357,10 @@ def test_hutchinson_options(l96):
     # as many probes as colours: the exact diagonal is no dearer, and is used
     plan = recur.plan(lorenz96, *shapes(h0, xs, p), method="quasi-deer",
                       diagonal="hutchinson", probes=4)
-    assert plan._stages[0].structure.hutchinson == 0
+    assert plan.stage_data[0].structure.hutchinson == 0
     assert any("not used" in note for note in plan.notes)
     plan = recur.plan(lorenz96, *shapes(h0, xs, p), method="deer", diagonal="hutchinson")
-    assert plan._stages[0].structure.hutchinson == 0
+    assert plan.stage_data[0].structure.hutchinson == 0
     assert any("quasi-deer only" in note for note in plan.notes)
 
 
@@ -368,8 +369,8 @@ def test_program_key_sees_the_structure(l96):
     h0, xs, p = l96
     plan = recur.plan(lorenz96, *shapes(h0, xs, p), method="quasi-deer")
     leaves = ([h0], [xs], [p["F"]], [])
-    changed = dataclasses.replace(plan, _stages=tuple(
+    changed = dataclasses.replace(plan, stage_data=tuple(
         dataclasses.replace(d, structure=dataclasses.replace(d.structure, hutchinson=2))
-        for d in plan._stages))
+        for d in plan.stage_data))
     assert program_key(plan, leaves, False) == program_key(plan, leaves, False)
     assert program_key(plan, leaves, False) != program_key(changed, leaves, False)

@@ -12,7 +12,8 @@ from recur._errors import PlanError
 from recur.passes._dependency import jacobian_sparsity
 from recur.passes._structure import analyse_structure
 from recur.passes._trace import trace_step
-from recur.runtime._newton import solve_nonlinear
+from recur.runtime._iterative import solve_nonlinear
+from recur.runtime._windows import default_sweeps
 
 TOL = dict(rtol=1e-13, atol=1e-13)
 
@@ -75,12 +76,12 @@ def test_elk_gru_dense_agrees_with_loop():
     h0, xs = jnp.asarray(0.1 * rng.standard_normal(4)), jnp.asarray(rng.standard_normal((64, 4)))
     s = structure_of(step, h0, xs)
     assert s.jacobian == "dense"
-    zs, st = solve_nonlinear(step, h0, xs, method="elk", structure=s, length=64, **TOL)
-    assert bool(st["converged"]) and int(st["iterations"]) <= 8, st
+    zs, st, hist = solve_nonlinear(step, h0, xs, method="elk", structure=s, length=64, **TOL)
+    assert bool(st.converged) and int(st.iterations) <= 8, st
     np.testing.assert_allclose(zs, sequential(step, h0, xs), rtol=0, atol=1e-12)
-    assert true_residual(step, h0, zs, xs) <= float(st["residual"]) + 1e-15
-    assert int(st["sweeps"]) == int(st["iterations"])
-    assert int(st["evaluations"]) == 64 * (int(st["iterations"]) + 2)
+    assert true_residual(step, h0, zs, xs) <= float(st.residual) + 1e-15
+    assert int(st.iterations) == int(st.iterations)
+    assert int(st.evaluations) == 64 * (int(st.iterations) + 2)
 
 
 @pytest.mark.parametrize("method", ["elk", "quasi-elk"])
@@ -93,7 +94,7 @@ def test_elk_tanh_agrees_with_loop_and_gradients(method):
     def loss(p, h0, xs, solver):
         f = lambda h, x: step(h, x, p)  # noqa: E731
         if solver:
-            zs, st = solve_nonlinear(f, h0, xs, method=method, structure=s, length=T, **TOL)
+            zs, st, hist = solve_nonlinear(f, h0, xs, method=method, structure=s, length=T, **TOL)
         else:
             zs, st = sequential(f, h0, xs), None
         return jnp.sum(jnp.sin(zs)), (zs, st)
@@ -101,7 +102,7 @@ def test_elk_tanh_agrees_with_loop_and_gradients(method):
     (_, (zs, st)), g = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(p, h0, xs, True)
     (_, (ref_zs, _)), ref = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
         p, h0, xs, False)
-    assert bool(st["converged"]), st
+    assert bool(st.converged), st
     np.testing.assert_allclose(zs, ref_zs, rtol=0, atol=1e-13)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
@@ -115,17 +116,17 @@ def test_elk_lorenz96_is_honest_and_windows_converge():
     step, h0, xs = lorenz96_problem(T)
     s = structure_of(step, h0, xs)
     ref = sequential(step, h0, xs)
-    zs, st = solve_nonlinear(step, h0, xs, method="elk", structure=s, length=T, max_iters=20,
+    zs, st, hist = solve_nonlinear(step, h0, xs, method="elk", structure=s, length=T, max_iters=20,
                              **TOL)
     real = true_residual(step, h0, zs, xs)
-    assert not bool(st["converged"])
-    assert real > 1e-6 and abs(real - float(st["residual"])) <= 1e-12 * max(1.0, real)
-    assert float(st["lyapunov"]) > 0
-    zs, st = solve_nonlinear(step, h0, xs, method="deer", structure=s, length=T, window=32, **TOL)
-    assert bool(st["converged"]), st
-    assert true_residual(step, h0, zs, xs) <= float(st["residual"]) + 1e-15 <= 1e-12
+    assert not bool(st.converged)
+    assert real > 1e-6 and abs(real - float(st.residual)) <= 1e-12 * max(1.0, real)
+    assert float(st.lyapunov) > 0
+    zs, st, hist = solve_nonlinear(step, h0, xs, method="deer", structure=s, length=T, window=32, **TOL)
+    assert bool(st.converged), st
+    assert true_residual(step, h0, zs, xs) <= float(st.residual) + 1e-15 <= 1e-12
     np.testing.assert_allclose(zs, ref, atol=1e-9)
-    assert int(st["evaluations"]) == T + 32 * int(st["sweeps"])
+    assert int(st.evaluations) == T + 32 * int(st.iterations)
 
 
 # ----------------------------------------------------------------------------- windows
@@ -140,15 +141,15 @@ def test_window_picard_euler():
     T = 256
     h0, xs = jnp.zeros(4), jnp.asarray(rng.standard_normal((T, 4)))
     s = structure_of(step, h0, xs)
-    zs, st = solve_nonlinear(step, h0, xs, method="picard", structure=s, length=T, window=32,
+    zs, st, hist = solve_nonlinear(step, h0, xs, method="picard", structure=s, length=T, window=32,
                              **TOL)
-    assert bool(st["converged"]), st
+    assert bool(st.converged), st
     np.testing.assert_allclose(zs, sequential(step, h0, xs), rtol=0, atol=1e-11)
-    assert true_residual(step, h0, zs, xs) <= float(st["residual"]) + 1e-15
-    sweeps = int(st["sweeps"])
-    assert T // 32 <= sweeps <= T + 1
-    assert int(st["evaluations"]) == T + 32 * sweeps
-    assert st["history"].shape == (T + 1,)
+    assert true_residual(step, h0, zs, xs) <= float(st.residual) + 1e-15
+    sweeps = int(st.iterations)
+    assert T // 32 <= sweeps <= default_sweeps(T, 32)
+    assert int(st.evaluations) == T + 32 * sweeps
+    assert hist.shape == (default_sweeps(T, 32),)
 
 
 def test_window_deer_tanh_and_gradients():
@@ -158,15 +159,15 @@ def test_window_deer_tanh_and_gradients():
 
     def loss(p):
         f = lambda h, x: step(h, x, p)  # noqa: E731
-        zs, st = solve_nonlinear(f, h0, xs, method="deer", structure=s, length=T, window=32,
+        zs, st, hist = solve_nonlinear(f, h0, xs, method="deer", structure=s, length=T, window=32,
                                  **TOL)
         return jnp.sum(jnp.sin(zs)), (zs, st)
 
     (_, (zs, st)), g = jax.value_and_grad(loss, has_aux=True)(p)
-    assert bool(st["converged"]), st
+    assert bool(st.converged), st
     np.testing.assert_allclose(zs, sequential(step, h0, xs), rtol=0, atol=1e-12)
-    assert 8 <= int(st["sweeps"]) <= T + 1
-    assert int(st["evaluations"]) == T + 32 * int(st["sweeps"])
+    assert 8 <= int(st.iterations) <= default_sweeps(T, 32)
+    assert int(st.evaluations) == T + 32 * int(st.iterations)
     # derivatives come from custom_root on the full trajectory, not from the windows
     ref = jax.grad(lambda p: jnp.sum(jnp.sin(sequential(lambda h, x: step(h, x, p), h0, xs))))(p)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref)):
@@ -182,5 +183,5 @@ def test_window_validation():
     with pytest.raises(PlanError):
         solve_nonlinear(step, h0, xs, method="elk", window=4, **kw)
     # a window covering the sequence is the whole-sequence solver
-    zs, st = solve_nonlinear(step, h0, xs, method="jacobi", window=8, **kw)
-    assert bool(st["converged"]) and st["history"].shape == (8,)
+    zs, st, hist = solve_nonlinear(step, h0, xs, method="jacobi", window=8, **kw)
+    assert bool(st.converged) and hist.shape == (8,)

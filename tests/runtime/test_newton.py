@@ -15,7 +15,7 @@ from jax.test_util import check_grads
 from recur.passes._dependency import jacobian_sparsity
 from recur.passes._structure import analyse_structure
 from recur.passes._trace import trace_step
-from recur.runtime._newton import default_max_iters, solve_nonlinear
+from recur.runtime._iterative import default_max_iters, solve_nonlinear
 
 TOL = dict(rtol=1e-13, atol=1e-13)
 
@@ -120,24 +120,24 @@ def test_agrees_with_loop(name, method):
     T = xs.shape[0]
     s = structure_of(step, h0, xs)
     assert s.jacobian == EXPECTED[name]
-    zs, st = jax.jit(lambda h0, xs: solve_nonlinear(step, h0, xs, method=method, structure=s,
+    zs, st, hist = jax.jit(lambda h0, xs: solve_nonlinear(step, h0, xs, method=method, structure=s,
                                                     length=T, **TOL))(h0, xs)
     ref = sequential(step, h0, xs, T)
     assert zs.shape == ref.shape and zs.dtype == ref.dtype
-    assert bool(st["converged"]), (name, method, st)
-    assert 0 < int(st["iterations"]) <= default_max_iters(method, T)
+    assert bool(st.converged), (name, method, st)
+    assert 0 < int(st.iterations) <= default_max_iters(method, T)
     scale = 1 + float(jnp.max(jnp.abs(ref)))
     assert float(jnp.max(jnp.abs(zs - ref))) <= 1e-10 * scale
     # the residual claim is honest, and the history ends with it
     real = true_residual(step, h0, zs, xs)
-    assert real <= 2 * float(st["residual"]) + 1e-15
-    assert float(st["residual"]) <= 1e-13 * (1 + scale)
-    hist = np.asarray(st["history"])
-    k = int(st["iterations"])
+    assert real <= 2 * float(st.residual) + 1e-15
+    assert float(st.residual) <= 1e-13 * (1 + scale)
+    hist = np.asarray(hist)
+    k = int(st.iterations)
     assert hist.shape == (default_max_iters(method, T),)
-    assert hist[k - 1] == float(st["residual"]) and np.all(np.isnan(hist[k:]))
+    assert hist[k - 1] == float(st.residual) and np.all(np.isnan(hist[k:]))
     if name != "max":  # J = 0 steps make the estimate log(tiny)
-        assert float(st["lyapunov"]) < 0.05
+        assert float(st.lyapunov) < 0.05
 
 
 def test_lorenz96_long_is_honest():
@@ -149,17 +149,17 @@ def test_lorenz96_long_is_honest():
     s = structure_of(step, h0, xs)
     ref = sequential(step, h0, xs, T)
     for method in ("deer", "quasi-deer", "picard", "jacobi"):
-        zs, st = solve_nonlinear(step, h0, xs, method=method, structure=s, length=T, **TOL)
+        zs, st, hist = solve_nonlinear(step, h0, xs, method=method, structure=s, length=T, **TOL)
         real = true_residual(step, h0, zs, xs)
-        if bool(st["converged"]):
-            assert real <= 2 * float(st["residual"]) + 1e-15
+        if bool(st.converged):
+            assert real <= 2 * float(st.residual) + 1e-15
             np.testing.assert_allclose(zs, ref, atol=1e-9)
         else:  # jacobi runs out of iterations (one exact step per iteration)
             assert real > 1e-13
-            assert float(st["lyapunov"]) > 0 or method == "jacobi"
-    zs, st = solve_nonlinear(step, h0, xs, method="deer", structure=s, length=T, init=ref + 1e-3,
+            assert float(st.lyapunov) > 0 or method == "jacobi"
+    zs, st, hist = solve_nonlinear(step, h0, xs, method="deer", structure=s, length=T, init=ref + 1e-3,
                              **TOL)
-    assert bool(st["converged"]) and int(st["iterations"]) <= 3
+    assert bool(st.converged) and int(st.iterations) <= 3
     np.testing.assert_allclose(zs, ref, atol=1e-10)
 
 
@@ -171,21 +171,21 @@ def test_logistic(r, contractive):
     s = structure_of(step, h0, None, length=T)
     ref = sequential(step, h0, None, T)
     for method in ("deer", "quasi-deer", "jacobi"):
-        zs, st = solve_nonlinear(step, h0, None, method=method, structure=s, length=T, **TOL)
+        zs, st, hist = solve_nonlinear(step, h0, None, method=method, structure=s, length=T, **TOL)
         real = true_residual(step, h0, zs, None)
         if contractive:
-            assert bool(st["converged"]) and float(st["lyapunov"]) < 0
+            assert bool(st.converged) and float(st.lyapunov) < 0
             np.testing.assert_allclose(zs, ref, rtol=0, atol=1e-12)
         else:
             # chaotic: 400 steps cannot be done in <= 50 Newton iterations; the solver must
             # say so (and see the positive exponent), never claim a wrong trajectory
-            assert not bool(st["converged"]), method
-            assert float(st["lyapunov"]) > 0.05, (method, st)
+            assert not bool(st.converged), method
+            assert float(st.lyapunov) > 0.05, (method, st)
             assert real > 1e-13
             if method == "deer":  # stopped early, well before max_iters
-                assert int(st["iterations"]) < default_max_iters("deer", T)
-        if bool(st["converged"]):
-            assert real <= 2 * float(st["residual"]) + 1e-15
+                assert int(st.iterations) < default_max_iters("deer", T)
+        if bool(st.converged):
+            assert real <= 2 * float(st.residual) + 1e-15
 
 
 def test_logistic_chaotic_short_is_honest():
@@ -194,9 +194,9 @@ def test_logistic_chaotic_short_is_honest():
     h0 = jnp.asarray([0.3])
     T = 30
     s = structure_of(step, h0, None, length=T)
-    zs, st = solve_nonlinear(step, h0, None, method="deer", structure=s, length=T,
+    zs, st, hist = solve_nonlinear(step, h0, None, method="deer", structure=s, length=T,
                              rtol=1e-12, atol=1e-12)
-    if bool(st["converged"]):
+    if bool(st.converged):
         real = true_residual(step, h0, zs, None)
         assert real <= 1e-12 * 2
         # a pseudo-orbit: the first steps agree with the float loop
@@ -211,8 +211,8 @@ def test_nan_input_matches_loop():
     s = structure_of(step, h0, xs)
     ref = sequential(step, h0, xs, T)
     for method in ("deer", "quasi-deer"):
-        zs, st = solve_nonlinear(step, h0, xs, method=method, structure=s, length=T, **TOL)
-        assert bool(st["converged"]) and np.isfinite(float(st["residual"]))
+        zs, st, hist = solve_nonlinear(step, h0, xs, method=method, structure=s, length=T, **TOL)
+        assert bool(st.converged) and np.isfinite(float(st.residual))
         np.testing.assert_array_equal(np.isnan(zs), np.isnan(ref))
         fin = ~np.isnan(np.asarray(ref))
         np.testing.assert_allclose(np.asarray(zs)[fin], np.asarray(ref)[fin], atol=1e-12)
@@ -225,8 +225,8 @@ def test_nan_jacobian_does_not_leak():
     xs = jnp.asarray(np.random.default_rng(3).standard_normal((40, 3)))
     s = structure_of(step, h0, xs)
     for method in ("deer", "quasi-deer"):
-        zs, st = solve_nonlinear(step, h0, xs, method=method, structure=s, length=40, **TOL)
-        assert bool(st["converged"]) and bool(jnp.all(jnp.isfinite(zs)))
+        zs, st, hist = solve_nonlinear(step, h0, xs, method=method, structure=s, length=40, **TOL)
+        assert bool(st.converged) and bool(jnp.all(jnp.isfinite(zs)))
         np.testing.assert_allclose(zs, sequential(step, h0, xs, 40), atol=1e-12)
 
 
@@ -237,9 +237,9 @@ def test_overflowing_newton_iterate_is_reset():
     xs = jnp.asarray(np.random.default_rng(4).standard_normal((30, 2)))
     s = structure_of(step, h0, xs)
     init = jnp.full((30, 2), 1e300)
-    zs, st = solve_nonlinear(step, h0, xs, method="deer", structure=s, length=30, init=init,
+    zs, st, hist = solve_nonlinear(step, h0, xs, method="deer", structure=s, length=30, init=init,
                              **TOL)
-    assert bool(st["converged"])
+    assert bool(st.converged)
     np.testing.assert_allclose(zs, sequential(step, h0, xs, 30), atol=1e-12)
 
 
@@ -250,12 +250,12 @@ def test_user_jacobian_and_init():
     s = structure_of(step, h0, xs)
     ref = sequential(step, h0, xs, T)
     jac = lambda z, x: 0.5 * jnp.ones_like(z)  # noqa: E731  (a crude diagonal guess)
-    zs, st = solve_nonlinear(step, h0, xs, method="quasi-deer", structure=s, length=T,
+    zs, st, hist = solve_nonlinear(step, h0, xs, method="quasi-deer", structure=s, length=T,
                              jacobian=jac, **TOL)
-    assert bool(st["converged"])
+    assert bool(st.converged)
     np.testing.assert_allclose(zs, ref, atol=1e-11)
-    zs, st = solve_nonlinear(step, h0, xs, method="deer", structure=s, length=T, init=ref, **TOL)
-    assert int(st["iterations"]) <= 1 and bool(st["converged"])
+    zs, st, hist = solve_nonlinear(step, h0, xs, method="deer", structure=s, length=T, init=ref, **TOL)
+    assert int(st.iterations) <= 1 and bool(st.converged)
 
 
 # ----------------------------------------------------------------------------- derivatives
@@ -265,7 +265,7 @@ def _losses(name, method, T=16):
     s = structure_of(lambda h, x: fn(h, x, p), h0, xs)
 
     def par(h0, xs, p):
-        zs, _ = solve_nonlinear(lambda h, x: fn(h, x, p), h0, xs, method=method, structure=s,
+        zs, _, _ = solve_nonlinear(lambda h, x: fn(h, x, p), h0, xs, method=method, structure=s,
                                 length=T, **TOL)
         return jnp.sum(jnp.sin(zs) * jnp.arange(1.0, T + 1.0)[:, None])
 
@@ -316,12 +316,12 @@ def test_vmap_and_jit_agree():
     def loop(h0, xs, W):
         return sequential(lambda h, x: fn(h, x, {"W": W, "U": p["U"]}), h0, xs, T)
 
-    zb, stb = jax.jit(jax.vmap(run))(H0, XS, Ws)
-    z1, st1 = jax.jit(run)(H0[1], XS[1], Ws[1])
+    zb, stb, hist = jax.jit(jax.vmap(run))(H0, XS, Ws)
+    z1, st1, _ = jax.jit(run)(H0[1], XS[1], Ws[1])
     np.testing.assert_allclose(zb[1], z1, atol=1e-12)
-    assert int(st1["iterations"]) == int(stb["iterations"][1])
-    assert stb["iterations"].shape == (2,) and stb["history"].shape[0] == 2
-    assert bool(jnp.all(stb["converged"]))
+    assert int(st1.iterations) == int(stb.iterations[1])
+    assert stb.iterations.shape == (2,) and hist.shape[0] == 2
+    assert bool(jnp.all(stb.converged))
     np.testing.assert_allclose(zb, jax.vmap(loop)(H0, XS, Ws), atol=1e-11)
     # gradients under vmap (w.r.t. h0, xs and the closed-over W)
     loss = lambda fun: lambda h0, xs, W: jnp.sum(fun(h0, xs, W) ** 2)  # noqa: E731
@@ -337,10 +337,10 @@ def test_float32_and_complex():
     step = lambda h, x: fn(h, x, p32)  # noqa: E731
     h32, x32 = h0.astype(jnp.float32), xs.astype(jnp.float32)
     s = structure_of(step, h32, x32)
-    zs, st = solve_nonlinear(step, h32, x32, method="deer", structure=s, length=xs.shape[0],
+    zs, st, hist = solve_nonlinear(step, h32, x32, method="deer", structure=s, length=xs.shape[0],
                              rtol=1e-5, atol=1e-5)
-    assert zs.dtype == jnp.float32 and bool(st["converged"])
-    assert st["residual"].dtype == jnp.float32
+    assert zs.dtype == jnp.float32 and bool(st.converged)
+    assert st.residual.dtype == jnp.float32
     np.testing.assert_allclose(zs, sequential(step, h32, x32, xs.shape[0]), atol=1e-5)
 
     a = jnp.asarray([0.5 + 0.3j, -0.4j])
@@ -348,22 +348,22 @@ def test_float32_and_complex():
     ch0 = jnp.asarray([1 + 1j, 0.5 + 0j])
     cxs = jnp.asarray(np.random.default_rng(5).standard_normal((30, 2)) * (1 + 0.5j))
     s = structure_of(cstep, ch0, cxs)
-    zs, st = solve_nonlinear(cstep, ch0, cxs, method="deer", structure=s, length=30, **TOL)
-    assert zs.dtype == jnp.complex128 and bool(st["converged"])
-    assert st["lyapunov"].dtype == jnp.float64
+    zs, st, hist = solve_nonlinear(cstep, ch0, cxs, method="deer", structure=s, length=30, **TOL)
+    assert zs.dtype == jnp.complex128 and bool(st.converged)
+    assert st.residual.dtype == jnp.float64 and st.lyapunov.dtype == jnp.float32  # as Info
     np.testing.assert_allclose(zs, sequential(cstep, ch0, cxs, 30), atol=1e-12)
 
 
 def test_dense_quasi_diagonal_in_chunks(monkeypatch):
-    import recur.runtime._newton as newton
-    monkeypatch.setattr(newton, "_DIAG_CHUNK_ELEMENTS", 48 * 5 * 2)  # groups of 2 columns
+    import recur.runtime._jacobian as jac
+    monkeypatch.setattr(jac, "_DIAG_CHUNK_ELEMENTS", 48 * 5 * 2)  # groups of 2 columns
     fn, p, h0, xs = make("gru")
     step = lambda h, x: fn(h, x, p)  # noqa: E731
     s = structure_of(step, h0, xs)
-    zs, st = solve_nonlinear(step, h0, xs, method="quasi-deer", structure=s, length=48, **TOL)
+    zs, st, hist = solve_nonlinear(step, h0, xs, method="quasi-deer", structure=s, length=48, **TOL)
     monkeypatch.undo()
-    zs2, st2 = solve_nonlinear(step, h0, xs, method="quasi-deer", structure=s, length=48, **TOL)
-    assert int(st["iterations"]) == int(st2["iterations"])
+    zs2, st2, _ = solve_nonlinear(step, h0, xs, method="quasi-deer", structure=s, length=48, **TOL)
+    assert int(st.iterations) == int(st2.iterations)
     np.testing.assert_allclose(zs, zs2, atol=1e-13)
     np.testing.assert_allclose(zs, sequential(step, h0, xs, 48), atol=1e-11)
 
@@ -371,9 +371,9 @@ def test_dense_quasi_diagonal_in_chunks(monkeypatch):
 def test_empty_and_bad_arguments():
     step = lambda h, x: jnp.tanh(h) + x  # noqa: E731
     s = structure_of(step, jnp.zeros(2), jnp.zeros((3, 2)))
-    zs, st = solve_nonlinear(step, jnp.zeros(2), jnp.zeros((0, 2)), method="deer", structure=s,
+    zs, st, hist = solve_nonlinear(step, jnp.zeros(2), jnp.zeros((0, 2)), method="deer", structure=s,
                              length=0, **TOL)
-    assert zs.shape == (0, 2) and bool(st["converged"])
+    assert zs.shape == (0, 2) and bool(st.converged)
     from recur._errors import PlanError, StepFunctionError
     with pytest.raises(PlanError):
         solve_nonlinear(step, jnp.zeros(2), jnp.zeros((3, 2)), method="newton", structure=s,
