@@ -95,7 +95,7 @@ def recur_history(step, h0, xs, method: str, T: int) -> list[float]:
     """Residual of the initial guess, then after every iteration, from recur's own solver
     (``recur.runtime._newton.solve_nonlinear``: its ``history`` stat is not in ``Info``)."""
     from recur.runtime._newton import solve_nonlinear
-    structure = recur.plan(step, h0, xs, method=method)._stages[0].structure
+    structure = recur.plan(step, h0, xs, method=method).stage_data[0].structure
     zs, st = jax.jit(lambda h0, xs: solve_nonlinear(
         step, h0, xs, method=method, structure=structure, length=T, rtol=0.0,
         atol=TOL))(h0, xs)
@@ -255,7 +255,7 @@ def _pieces(step, h0, xs, D: int, T: int, reps: int) -> list[dict]:
     alone (uses recur's private functions: the records say when they moved)."""
     from recur.runtime import _newton
     recs = []
-    structure = recur.plan(step, h0, xs, method="deer")._stages[0].structure
+    structure = recur.plan(step, h0, xs, method="deer").stage_data[0].structure
     P = jax.vmap(step)(jnp.broadcast_to(h0, (T, D)), xs)
 
     def evaluate_fn(method):
