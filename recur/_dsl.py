@@ -40,8 +40,8 @@ class DSLRecurrence(Recurrence):
         return DSLError(f"recurrence '{self.model.name}': {message}",
                         filename=self.model.filename)
 
-    def _states(self, h0: Any) -> dict:
-        """``h0`` checked against the declared states (names and shapes)."""
+    def _states(self, h0: Any) -> Any:
+        """``h0``, checked against the declared states (names and shapes)."""
         declared = self.model.states
         wanted = _shapes_text(declared)
         if not isinstance(h0, Mapping):
@@ -57,7 +57,7 @@ class DSLRecurrence(Recurrence):
             if got is not None and got != tuple(shape):
                 raise self._error(f"state '{k}' in h0 has shape {got}; declared "
                                   f"{k}{list(shape)}, shape {tuple(shape)}.")
-        return dict(h0)
+        return h0
 
     def _inputs(self, xs: Any, length: int | None) -> tuple[Any, int | None]:
         declared = self.model.inputs
@@ -71,17 +71,11 @@ class DSLRecurrence(Recurrence):
                               f"{_shapes_text(declared, time=True)}, got {_describe(xs)}"
                               f"{hint}.")
         xs = dict(xs or {})
-        unknown = sorted(set(xs) - set(declared))
-        missing = sorted(set(declared) - set(xs))
+        unknown = sorted(map(str, set(xs) - set(declared)))
+        missing = [k for k in declared if k not in xs]
         if unknown or missing:
-            parts = []
-            if missing:
-                parts.append(f"missing input(s) {', '.join(missing)}")
-            if unknown:
-                parts.append(f"unknown input(s) {', '.join(unknown)}")
-            raise DSLError(f"recurrence '{self.model.name}': {'; '.join(parts)}; it declares "
-                           f"inputs {', '.join(declared) or 'none'}.",
-                           filename=self.model.filename)
+            raise self._error(_mismatch("input", missing, unknown) +
+                              f"; it declares inputs {', '.join(declared) or 'none'}.")
         for k, v in xs.items():
             shape = tuple(getattr(v, "shape", ()))
             if shape[1:] != tuple(declared[k]):
@@ -180,8 +174,11 @@ def _describe(v: Any) -> str:
 
 
 def _shapes_text(declared: dict, time: bool = False) -> str:
-    items = [f"{k!r}: {('T',) + tuple(s) if time else tuple(s)}" for k, s in declared.items()]
-    return "{" + ", ".join(items).replace("'T'", "T") + "}"
+    """``{'x': (T, 8)}``: the declared shapes, with the time axis for inputs."""
+    def shape(s):
+        dims = (["T"] if time else []) + [str(d) for d in s]
+        return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+    return "{" + ", ".join(f"{k!r}: {shape(s)}" for k, s in declared.items()) + "}"
 
 
 def _mismatch(what: str, missing, unknown) -> str:
@@ -196,10 +193,8 @@ def _mismatch(what: str, missing, unknown) -> str:
 def _declared_names(the_plan, model: RecModel):
     """DSL states are named by their declared names (``h``), not pytree paths (``['h']``),
     and locations point into the ``.rec`` file, not the generated code."""
-    names = {f"[{k!r}]": k for k in model.states}
-
-    def rn(name: str) -> str:
-        return names.get(name, name)
+    def rn(name: str) -> str:          # ['h'] -> h, ['h'][0:4] -> h[0:4]
+        return _rewrite_text(name, model)
 
     def text(t: str) -> str:
         return _rewrite_text(t, model)

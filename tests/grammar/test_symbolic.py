@@ -5,8 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import sympy as sp
+from hypothesis import HealthCheck, given, settings
 
 from recur.grammar import load_model
+
+from .test_fuzz import expressions
 
 
 def model(body, head="dim N = 3\nparam W[N, N], b[N] = 0, r = 2\ninput x[N]\nstate h[N] = 0\n",
@@ -160,3 +163,26 @@ def test_kalman_mean_is_affine_given_the_covariance():
     assert "jointly in all states it is nonlinear through inv(S) (line 11, column 17)" in why
     assert m.reads == {"m": ("m", "P"), "P": ("P",)}
     assert m.stages == (("P",), ("m",))
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(expressions(), expressions(), expressions())
+def test_kinds_agree_with_the_plan_for_random_updates(e1, e2, e3):
+    """Each state's kind is the kind of the plan's stage that holds it (where that stage
+    holds only states of one kind: the plan runs a whole topological level together)."""
+    import recur
+    text = ("recurrence r\ndim N = 3\nparam W[N, N], b[N] = 0, r = 2\ninput x[N]\n"
+            f"state h[N] = 0, g[N] = 1\nq = {e1}\nh' = {e2} + 0 * x\n"
+            f"g' = g * 0.5 + ({e3}) * h\n")
+    try:
+        rec = recur.loads(text)
+    except recur.DSLError:
+        return
+    kinds = rec.model.kinds
+    dsl = {"linear": "affine", "affine": "affine", "diagonal": "diagonal",
+           "block-diagonal": "nonlinear", "nonlinear": "nonlinear"}
+    for stage in rec.plan(length=4).stages:
+        states = {s.split("[")[0] for s in stage.states}       # h, or h[0:1] of h
+        if len({kinds[s] for s in states}) == 1:
+            assert {kinds[s] for s in states} == {dsl[stage.kind]}, (text, stage)
