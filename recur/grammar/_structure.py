@@ -6,10 +6,10 @@ AST node, so that a reason names its line and column in the ``.rec`` file). The 
 structural: sums keep affinity; a product, ``@``, ``dot`` or ``outer`` keeps it when at
 most one side reads a state; a quotient when the divisor does not; ``.T``, indexing,
 ``sum`` and ``mean`` are linear; ``solve(A, b)`` is linear in ``b`` for a state-free
-``A``; ``where(c, a, b)`` is affine for a state-free ``c``; any other function of a state,
-a power of one, a comparison of one and the ``max``/``min``/``logsumexp`` reductions break
-it. Nothing is simplified: ``h - h`` reads ``h``, ``0 * tanh(h)`` is nonlinear, exactly as
-the generated code's jaxpr.
+``A``; ``where(c, a, b)`` is affine for a state-free ``c``; ``x ** 1`` is ``x``; any other
+function of a state, power of one, comparison of one and the ``max``/``min``/``logsumexp``
+reductions break it. Nothing is simplified: ``h - h`` reads ``h`` and ``0 * tanh(h)`` is
+nonlinear, as in the generated code's jaxpr.
 
 Kinds follow the staged plan. The "reads" graph is cut into strongly connected components
 in dependency order (``networkx``); each update is classified in the states of its own
@@ -20,10 +20,9 @@ is nonlinear (the gain reads the covariance); the reason says both.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
-
-import math
 
 import networkx as nx
 import numpy as np
@@ -32,8 +31,8 @@ from . import _ast as A
 from ._check import Checked
 from ._functions import FUNCTIONS, REDUCTIONS, is_reduction
 
-__all__ = ["const_value", "Info", "Staged", "analyze", "classify", "stage_states", "describe", "classify_states",
-           "classify_outputs", "nonlinearity_origin"]
+__all__ = ["const_value", "Info", "Staged", "analyze", "classify", "stage_states", "describe",
+           "classify_states", "classify_outputs", "nonlinearity_origin"]
 
 _COMPARISONS = {"<", "<=", ">", ">=", "==", "!="}
 

@@ -112,7 +112,8 @@ REF_OUTPUTS = {
     "viterbi": lambda new: {"best": np.max(new["delta"])},
 }
 
-REFS = {"hmm_forward": ref_hmm_forward, "viterbi": ref_viterbi, "gru": ref_gru, "lstm": ref_lstm, "tanh_rnn": ref_tanh_rnn, "logistic": ref_logistic,
+REFS = {"hmm_forward": ref_hmm_forward, "viterbi": ref_viterbi, "gru": ref_gru,
+        "lstm": ref_lstm, "tanh_rnn": ref_tanh_rnn, "logistic": ref_logistic,
         "lorenz96": ref_lorenz96, "kalman": ref_kalman, "gated_linear_attention": ref_gla,
         "running_max": ref_running_max, "ema": ref_ema}
 

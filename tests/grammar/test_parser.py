@@ -133,7 +133,8 @@ def test_output_statements_and_keywords():
 
 @pytest.mark.parametrize("src, back", [
     ("-x**2", "-x ** 2"), ("(-x)**2", "(-x) ** 2"), ("a - (b - c)", "a - (b - c)"),
-    ("(a - b) - c", "a - b - c"), ("a ** b ** c", "a ** b ** c"), ("(a ** b) ** c", "(a ** b) ** c"),
+    ("(a - b) - c", "a - b - c"), ("a ** b ** c", "a ** b ** c"),
+    ("(a ** b) ** c", "(a ** b) ** c"),
     ("x ** -1", "x ** -1"), ("(a + b).T @ M[0, 1:]", "(a + b).T @ M[0, 1:]"),
     ("where(not a < b, x, y)", "where(not a < b, x, y)"), ("max(x, axis=1)", "max(x, axis=1)"),
 ])
