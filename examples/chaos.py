@@ -8,7 +8,7 @@ estimates the Lyapunov exponent along the iterate, stops early when it is clearl
 positive, reports it (info.lyapunov > 0, converged = False, fell_back = True) and
 returns the sequential loop's trajectory.
 
-    python examples/chaos.py [--quick]
+    python examples/chaos.py [--quick] [--out DIR]
 """
 import argparse
 import os
@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 import recur
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FIGURES = os.path.join(HERE, "figures")
 NAME = "chaos"
 X0 = 0.3   # (from 0.2, undamped Newton overshoots for r = 2.5 too and recur falls back)
 
@@ -73,6 +74,8 @@ def timeit(f, *args, n=7):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", metavar="DIR", default=os.environ.get("RECUR_FIGURES") or FIGURES,
+                    help="folder for the figure (default: $RECUR_FIGURES, else examples/figures)")
     args = ap.parse_args()
     T = 200 if args.quick else 10000
     platform = jax.devices()[0].platform
@@ -109,8 +112,8 @@ def main():
         print(f"r = {r}: DEER residual after 1..{n_it} iterations: "
               + " ".join(f"{res:.1e}" for _, res in its[r]))
 
-    os.makedirs(os.path.join(HERE, "figures"), exist_ok=True)
-    path = os.path.join(HERE, "figures", NAME + ".png")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, NAME + ".png")
     fig, axs = plt.subplots(1, 3, figsize=(15, 4))
     n = min(T, 60)
     for r, c in ((2.5, "C0"), (3.9, "C3")):

@@ -34,7 +34,7 @@ denoiser evaluations (T for the initial guess + W per sweep). A step is accepted
 compared with the sequential sampler (a ``jax.lax.scan`` loop). deer and quasi-deer
 windows (Newton / diagonal quasi-Newton instead of A = I) are compared too.
 
-    python examples/diffusion_sampling.py [--quick]
+    python examples/diffusion_sampling.py [--quick] [--out DIR]
 """
 import argparse
 import os
@@ -51,6 +51,7 @@ import matplotlib.pyplot as plt
 import recur
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FIGURES = os.path.join(HERE, "figures")
 NAME = "diffusion_sampling"
 MU = jnp.array([[-2.0, -1.5], [2.0, -1.0], [0.0, 2.2], [1.8, 2.0]])   # component means
 SIG = jnp.array([0.35, 0.5, 0.3, 0.4])                                # component std devs
@@ -124,6 +125,8 @@ def occupancy(samples):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", metavar="DIR", default=os.environ.get("RECUR_FIGURES") or FIGURES,
+                    help="folder for the figure (default: $RECUR_FIGURES, else examples/figures)")
     args = ap.parse_args()
     T, N, W = (100, 256, 16) if args.quick else (1000, 512, 64)
     platform = jax.devices()[0].platform
@@ -209,8 +212,8 @@ def main():
                       for s in samplers)
           + " (a CPU runs the W steps of a sweep one after another: the rounds saved pay on a GPU)")
 
-    os.makedirs(os.path.join(HERE, "figures"), exist_ok=True)
-    path = os.path.join(HERE, "figures", NAME + ".png")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, NAME + ".png")
     fig, axs = plt.subplots(1, 3, figsize=(16, 5))
     g0, g1 = np.meshgrid(np.linspace(-4, 4, 200), np.linspace(-3.5, 4, 200))
     dens = np.exp(log_density(g0, g1))

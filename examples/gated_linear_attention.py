@@ -9,7 +9,7 @@ associative scan.  The script checks it against a sequential ``jax.lax.scan`` lo
 against the same model loaded from ``examples/gated_linear_attention.rec``, times both,
 and plots the attention outputs.
 
-    python examples/gated_linear_attention.py [--quick]
+    python examples/gated_linear_attention.py [--quick] [--out DIR]
 """
 import argparse
 import os
@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 import recur
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FIGURES = os.path.join(HERE, "figures")
 NAME = "gated_linear_attention"
 
 
@@ -57,6 +58,8 @@ def timeit(f, *args, n=7):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", metavar="DIR", default=os.environ.get("RECUR_FIGURES") or FIGURES,
+                    help="folder for the figure (default: $RECUR_FIGURES, else examples/figures)")
     args = ap.parse_args()
     T, Dm, Dk, Dv = (1024, 16, 8, 8) if args.quick else (16384, 16, 8, 8)
     platform = jax.devices()[0].platform
@@ -89,8 +92,8 @@ def main():
     print(f"timing on {platform} (median of 7, compiled): recur scan {t_par:.2f} ms, "
           f"lax.scan loop {t_seq:.2f} ms ({t_seq / t_par:.2f}x)")
 
-    os.makedirs(os.path.join(HERE, "figures"), exist_ok=True)
-    out = os.path.join(HERE, "figures", NAME + ".png")
+    os.makedirs(args.out, exist_ok=True)
+    out = os.path.join(args.out, NAME + ".png")
     n = min(T, 150)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for j in range(3):

@@ -26,7 +26,7 @@ cannot see a decision flip between iterates. recur reports what happened
 when the parallel iterate did not converge. Float64 throughout (x64), so the converged
 chains can be compared with a ``jax.lax.scan`` loop to ~1e-9.
 
-    python examples/hmc_logistic.py [--quick]
+    python examples/hmc_logistic.py [--quick] [--out DIR]
 """
 import argparse
 import os
@@ -46,6 +46,7 @@ import matplotlib.pyplot as plt
 import recur
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FIGURES = os.path.join(HERE, "figures")
 NAME = "hmc_logistic"
 N_DATA, P = 100, 4
 W_TRUE = np.array([0.5, -1.0, 1.5, 0.75])
@@ -139,6 +140,8 @@ def accepted(chain, q0):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", metavar="DIR", default=os.environ.get("RECUR_FIGURES") or FIGURES,
+                    help="folder for the figure (default: $RECUR_FIGURES, else examples/figures)")
     args = ap.parse_args()
     T = 200 if args.quick else 1000
     platform = jax.devices()[0].platform
@@ -205,8 +208,8 @@ def main():
                       for n in CHAINS)
           + " (fallbacks include the failed iterations and the loop)")
 
-    os.makedirs(os.path.join(HERE, "figures"), exist_ok=True)
-    path = os.path.join(HERE, "figures", NAME + ".png")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, NAME + ".png")
     fig, axs = plt.subplots(2, 2, figsize=(13, 9))
     for ax, name in zip(axs[0], ("hmc-logreg", "mala-logreg")):
         ref = refs[name]

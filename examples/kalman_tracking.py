@@ -8,7 +8,7 @@ The Rauch-Tung-Striebel smoother is then a reverse-time affine recurrence over t
 filter's outputs (``reverse=True``, ``method="scan"``). Both are checked against an
 independent numpy implementation (float64 throughout) and a sequential lax.scan loop.
 
-    python examples/kalman_tracking.py [--quick]
+    python examples/kalman_tracking.py [--quick] [--out DIR]
 """
 import argparse
 import os
@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt
 import recur
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FIGURES = os.path.join(HERE, "figures")
 NAME = "kalman_tracking"
 DT = 0.1
 F = np.array([[1, 0, DT, 0], [0, 1, 0, DT], [0, 0, 1, 0], [0, 0, 0, 1]], float)
@@ -103,6 +104,8 @@ def timeit(f, *args, n=7):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", metavar="DIR", default=os.environ.get("RECUR_FIGURES") or FIGURES,
+                    help="folder for the figure (default: $RECUR_FIGURES, else examples/figures)")
     args = ap.parse_args()
     T = 500 if args.quick else 20000
     platform = jax.devices()[0].platform
@@ -162,8 +165,8 @@ def main():
     print(f"timing on {platform} (T={T}, float64, median of 7): filter recur {tf:.2f} ms vs loop "
           f"{tfl:.2f} ms ({tfl / tf:.2f}x); smoother recur {ts:.2f} ms vs loop {tsl:.2f} ms ({tsl / ts:.2f}x)")
 
-    os.makedirs(os.path.join(HERE, "figures"), exist_ok=True)
-    path = os.path.join(HERE, "figures", NAME + ".png")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, NAME + ".png")
     n = min(T, 120)
     mf, ms_ = np.asarray(out["m"]), np.asarray(sm["m"])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))

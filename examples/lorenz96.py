@@ -23,7 +23,7 @@ ill-conditioned. What recur does with it:
   tolerance -- but the trajectory is then as far from the float32 loop as two float32
   runs of a chaotic system are from each other: that comparison is printed, not claimed.
 
-    python examples/lorenz96.py [--quick]
+    python examples/lorenz96.py [--quick] [--out DIR]
 """
 import argparse
 import os
@@ -43,6 +43,7 @@ import matplotlib.pyplot as plt
 import recur
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FIGURES = os.path.join(HERE, "figures")
 NAME = "lorenz96"
 D, F, DT, T = 5, 8.0, 0.01, 1000
 TOL64 = 1e-12
@@ -80,6 +81,8 @@ def timeit(f, *args, n=3):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", metavar="DIR", default=os.environ.get("RECUR_FIGURES") or FIGURES,
+                    help="folder for the figure (default: $RECUR_FIGURES, else examples/figures)")
     args = ap.parse_args()
     platform = jax.devices()[0].platform
     x0 = jnp.asarray(initial_state())
@@ -161,8 +164,8 @@ def main():
           + ", ".join(f"{k} {v:.2f} ms" for k, v in times.items() if k != "loop")
           + " (fallbacks include their iterations and the loop)")
 
-    os.makedirs(os.path.join(HERE, "figures"), exist_ok=True)
-    path = os.path.join(HERE, "figures", NAME + ".png")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, NAME + ".png")
     fig, axs = plt.subplots(1, 3, figsize=(17, 4.8))
     t = np.arange(1, T + 1) * DT
     r = np.asarray(ref)

@@ -7,7 +7,7 @@ recur finds the step affine with a diagonal Jacobian and solves all T steps with
 associative scan; the script checks the result against a sequential ``jax.lax.scan``
 loop, times both and plots the layer's outputs.
 
-    python examples/lru_layer.py [--quick]
+    python examples/lru_layer.py [--quick] [--out DIR]
 """
 import argparse
 import os
@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt
 import recur
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FIGURES = os.path.join(HERE, "figures")
 NAME = "lru_layer"
 
 
@@ -68,6 +69,8 @@ def timeit(f, *args, n=7):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", metavar="DIR", default=os.environ.get("RECUR_FIGURES") or FIGURES,
+                    help="folder for the figure (default: $RECUR_FIGURES, else examples/figures)")
     args = ap.parse_args()
     T, N, I, O = (2048, 32, 4, 4) if args.quick else (65536, 64, 8, 8)
     platform = jax.devices()[0].platform
@@ -102,8 +105,8 @@ def main():
     print(f"timing on {platform} (median of 7, compiled): recur scan {t_par:.2f} ms, "
           f"lax.scan loop {t_seq:.2f} ms ({t_seq / t_par:.2f}x)")
 
-    os.makedirs(os.path.join(HERE, "figures"), exist_ok=True)
-    out = os.path.join(HERE, "figures", NAME + ".png")
+    os.makedirs(args.out, exist_ok=True)
+    out = os.path.join(args.out, NAME + ".png")
     n = min(T, 2048)
     fig, axs = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
     axs[0].plot(xs[:n, 0], lw=0.8, label="x[0] square wave")

@@ -8,7 +8,7 @@ converge: recur then reports it (info.converged = False, info.fell_back = True) 
 returns the sequential loop's chain, computed inside the same compiled program.
 Either way the chain equals the one of a sequential ``jax.lax.scan`` loop.
 
-    python examples/mala_banana.py [--quick]
+    python examples/mala_banana.py [--quick] [--out DIR]
 """
 import argparse
 import os
@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 import recur
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FIGURES = os.path.join(HERE, "figures")
 NAME = "mala_banana"
 EPS = 0.35                                         # Langevin step size
 
@@ -68,6 +69,8 @@ def timeit(f, *args, n=3):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", metavar="DIR", default=os.environ.get("RECUR_FIGURES") or FIGURES,
+                    help="folder for the figure (default: $RECUR_FIGURES, else examples/figures)")
     args = ap.parse_args()
     T = 256 if args.quick else 4096
     platform = jax.devices()[0].platform
@@ -101,8 +104,8 @@ def main():
           + ", ".join(f"{m} {t:.2f} ms ({t_loop / t:.2f}x)" for m, t in times.items())
           + " (including the fallback loop where it ran)")
 
-    os.makedirs(os.path.join(HERE, "figures"), exist_ok=True)
-    path = os.path.join(HERE, "figures", NAME + ".png")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, NAME + ".png")
     g0, g1 = np.meshgrid(np.linspace(-5, 5, 200), np.linspace(-3, 8, 200))
     lp = np.asarray(jax.vmap(jax.vmap(lambda a, b: logp(jnp.array([a, b]))))(g0, g1))
     fig, ax = plt.subplots(figsize=(6, 5))

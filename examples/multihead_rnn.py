@@ -8,7 +8,7 @@ block scan with k x k blocks (k JVPs per step, not H*k).  The script checks the
 trajectory and the gradients against a sequential ``jax.lax.scan`` loop, reports the
 iterations, and plots a few hidden units.
 
-    python examples/multihead_rnn.py [--quick]
+    python examples/multihead_rnn.py [--quick] [--out DIR]
 """
 import argparse
 import os
@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 import recur
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FIGURES = os.path.join(HERE, "figures")
 NAME = "multihead_rnn"
 H, K, I = 8, 4, 4  # heads, head size, input width
 
@@ -51,6 +52,8 @@ def timeit(f, *args, n=7):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", metavar="DIR", default=os.environ.get("RECUR_FIGURES") or FIGURES,
+                    help="folder for the figure (default: $RECUR_FIGURES, else examples/figures)")
     args = ap.parse_args()
     T = 512 if args.quick else 8192
     platform = jax.devices()[0].platform
@@ -89,8 +92,8 @@ def main():
     print(f"timing on {platform} (median of 7, compiled): recur deer {t_par:.2f} ms, "
           f"lax.scan loop {t_seq:.2f} ms ({t_seq / t_par:.2f}x)")
 
-    os.makedirs(os.path.join(HERE, "figures"), exist_ok=True)
-    out = os.path.join(HERE, "figures", NAME + ".png")
+    os.makedirs(args.out, exist_ok=True)
+    out = os.path.join(args.out, NAME + ".png")
     n = min(T, 60)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for j, unit in enumerate((0, K, 2 * K + 1)):

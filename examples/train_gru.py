@@ -6,7 +6,7 @@ scan); gradients come from recur's implicit differentiation. The script checks t
 gradients at initialisation equal those of a sequential ``jax.lax.scan`` loop, trains a
 few hundred steps of hand-written Adam, and plots the loss curve.
 
-    python examples/train_gru.py [--quick]
+    python examples/train_gru.py [--quick] [--out DIR]
 """
 import argparse
 import os
@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt
 import recur
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FIGURES = os.path.join(HERE, "figures")
 NAME = "train_gru"
 H, I = 8, 1
 
@@ -91,6 +92,8 @@ def timeit(f, *args, n=3):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", metavar="DIR", default=os.environ.get("RECUR_FIGURES") or FIGURES,
+                    help="folder for the figure (default: $RECUR_FIGURES, else examples/figures)")
     args = ap.parse_args()
     B, T, steps = (8, 64, 150) if args.quick else (16, 256, 500)
     platform = jax.devices()[0].platform
@@ -146,8 +149,8 @@ def main():
     print(f"trained {steps} Adam steps in {time.perf_counter() - t0:.1f} s: "
           f"loss {losses[0]:.4f} -> {losses[-1]:.4f} (noise floor ~0.01)")
 
-    os.makedirs(os.path.join(HERE, "figures"), exist_ok=True)
-    out = os.path.join(HERE, "figures", NAME + ".png")
+    os.makedirs(args.out, exist_ok=True)
+    out = os.path.join(args.out, NAME + ".png")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.semilogy(losses)
     ax.axhline(0.01, color="gray", ls="--", lw=0.8, label="noise variance (0.01)")

@@ -1,17 +1,25 @@
-"""``recur.load``/``loads``/``compile``: ``.rec`` recurrences as ``Recurrence`` objects."""
+"""``recur.load``/``loads``/``compile``: ``.rec`` recurrences as ``Recurrence`` objects.
+
+States, inputs and params are dicts keyed by the declared names, checked against the
+declarations before anything is traced. Plans and errors name states by their declared
+names and point into the ``.rec`` file (line, column, line text) where JAX's source
+information points into the generated code.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._api import Recurrence, plan, scan
-from ._errors import DSLError, PlanError
+from ._errors import ConvergenceError, DSLError, PlanError, StepFunctionError
 from .grammar import RecModel, compile_source, load_model
 
 
@@ -28,20 +36,46 @@ class DSLRecurrence(Recurrence):
         """The initial states from the file's initial values."""
         return self.model.init(params)
 
+    def _error(self, message: str) -> DSLError:
+        return DSLError(f"recurrence '{self.model.name}': {message}",
+                        filename=self.model.filename)
+
+    def _states(self, h0: Any) -> Any:
+        """``h0``, checked against the declared states (names and shapes)."""
+        declared = self.model.states
+        wanted = _shapes_text(declared)
+        if not isinstance(h0, Mapping):
+            raise self._error(f"h0 must be a dict of the declared states {wanted} "
+                              f"(rec.init() gives one), got {_describe(h0)}.")
+        missing = [k for k in declared if k not in h0]
+        unknown = sorted(map(str, set(h0) - set(declared)))
+        if missing or unknown:
+            raise self._error(_mismatch("state", missing, unknown) +
+                              f"; h0 must hold the declared states {wanted}.")
+        for k, shape in declared.items():
+            got = _shape(h0[k])
+            if got is not None and got != tuple(shape):
+                raise self._error(f"state '{k}' in h0 has shape {got}; declared "
+                                  f"{k}{list(shape)}, shape {tuple(shape)}.")
+        return h0
+
     def _inputs(self, xs: Any, length: int | None) -> tuple[Any, int | None]:
         declared = self.model.inputs
+        if xs is not None and not isinstance(xs, Mapping):
+            hint = (f" (write xs={{{next(iter(declared))!r}: array}})" if len(declared) == 1
+                    else "")
+            if not declared:
+                raise self._error(f"it declares no inputs: pass xs=None and length=T, not "
+                                  f"{_describe(xs)}.")
+            raise self._error(f"xs must be a dict of the declared inputs "
+                              f"{_shapes_text(declared, time=True)}, got {_describe(xs)}"
+                              f"{hint}.")
         xs = dict(xs or {})
-        unknown = sorted(set(xs) - set(declared))
-        missing = sorted(set(declared) - set(xs))
+        unknown = sorted(map(str, set(xs) - set(declared)))
+        missing = [k for k in declared if k not in xs]
         if unknown or missing:
-            parts = []
-            if missing:
-                parts.append(f"missing input(s) {', '.join(missing)}")
-            if unknown:
-                parts.append(f"unknown input(s) {', '.join(unknown)}")
-            raise DSLError(f"recurrence '{self.model.name}': {'; '.join(parts)}; it declares "
-                           f"inputs {', '.join(declared) or 'none'}.",
-                           filename=self.model.filename)
+            raise self._error(_mismatch("input", missing, unknown) +
+                              f"; it declares inputs {', '.join(declared) or 'none'}.")
         for k, v in xs.items():
             shape = tuple(getattr(v, "shape", ()))
             if shape[1:] != tuple(declared[k]):
@@ -60,6 +94,7 @@ class DSLRecurrence(Recurrence):
         return (xs if xs else None), length
 
     def _args(self, h0, xs, params, length):
+        h0 = self._states(h0)
         xs, length = self._inputs(xs, length)
         return h0, xs, self.model.fill_params(params), length
 
@@ -72,6 +107,25 @@ class DSLRecurrence(Recurrence):
             return scan(self.fn, h0, xs, p, length=length, reverse=reverse, method=method,
                         return_info=return_info, **options)
 
+    def lax_scan(self, h0: Any, xs: Any = None, params: Any = None, *,
+                 length: int | None = None, reverse: bool = False, unroll: int | bool = 1,
+                 method: str | None = None, return_info: bool = False, **options: Any):
+        """``(final states, outputs)`` exactly as ``jax.lax.scan(lambda h, x:
+        model.lax_step(h, x, params), h0, xs)``: the outputs (a dict of the declared
+        ``output``s, each with a leading axis ``T``) are computed from the previous states,
+        the inputs and the new states. Runs through ``recur.lax.scan`` with recur's plan
+        and options (``return_info=True`` gives ``((final, outputs), info)``)."""
+        from . import lax as _lax
+        method, options = self._merged(method, options)
+        h0, xs, p, length = self._args(h0, xs, params, length)
+        lax_step = self.model.lax_step
+
+        def body(h, x):
+            return lax_step(h, x, p)
+        with _declared_names_in_errors(self.model):
+            return _lax.scan(body, h0, xs, length=length, reverse=reverse, unroll=unroll,
+                             method=method, return_info=return_info, **options)
+
     def plan(self, h0: Any = None, xs: Any = None, params: Any = None, *,
              length: int | None = None, reverse: bool = False, method: str | None = None,
              backend: str | None = None, mesh: Any = None, axis_name: str | None = None,
@@ -82,6 +136,7 @@ class DSLRecurrence(Recurrence):
         model = self.model
         if h0 is None:
             h0 = {k: jax.ShapeDtypeStruct(s, model.dtype) for k, s in model.states.items()}
+        h0 = self._states(h0)
         if xs is None and model.inputs:
             T = 1 if length is None else length
             xs = {k: jax.ShapeDtypeStruct((T,) + tuple(s), model.dtype)
@@ -101,39 +156,90 @@ class DSLRecurrence(Recurrence):
         return f"recur.DSLRecurrence({self.model.name!r})"
 
 
-def _declared_names(the_plan, model: RecModel):
-    """DSL states are named by their declared names (``h``), not pytree paths (``['h']``)."""
-    names = {f"[{k!r}]": k for k in model.states}
+def _shape(v: Any) -> tuple | None:
+    shape = getattr(v, "shape", None)
+    if shape is None:
+        try:
+            shape = np.shape(v)
+        except Exception:  # noqa: BLE001 - not array-like: the step will say so
+            return None
+    return tuple(shape)
 
-    def rn(name: str) -> str:
-        return names.get(name, name)
+
+def _describe(v: Any) -> str:
+    shape = getattr(v, "shape", None)
+    if shape is not None:
+        return f"an array of shape {tuple(shape)}"
+    return f"a {type(v).__name__}"
+
+
+def _shapes_text(declared: dict, time: bool = False) -> str:
+    """``{'x': (T, 8)}``: the declared shapes, with the time axis for inputs."""
+    def shape(s):
+        dims = (["T"] if time else []) + [str(d) for d in s]
+        return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+    return "{" + ", ".join(f"{k!r}: {shape(s)}" for k, s in declared.items()) + "}"
+
+
+def _mismatch(what: str, missing, unknown) -> str:
+    parts = []
+    if missing:
+        parts.append(f"missing {what}(s) {', '.join(missing)}")
+    if unknown:
+        parts.append(f"unknown {what}(s) {', '.join(unknown)}")
+    return "; ".join(parts)
+
+
+def _declared_names(the_plan, model: RecModel):
+    """DSL states are named by their declared names (``h``), not pytree paths (``['h']``),
+    and locations point into the ``.rec`` file, not the generated code."""
+    def rn(name: str) -> str:          # ['h'] -> h, ['h'][0:4] -> h[0:4]
+        return _rewrite_text(name, model)
+
+    def text(t: str) -> str:
+        return _rewrite_text(t, model)
 
     stages = tuple(dataclasses.replace(
         st, states=tuple(map(rn, st.states)),
         reads=tuple((rn(s), tuple(map(rn, r))) for s, r in st.reads),
-        evidence=_rename_text(st.evidence, names), why=_rename_text(st.why, names),
-        rejected=tuple((m, _rename_text(w, names)) for m, w in st.rejected))
+        evidence=text(st.evidence), why=text(st.why),
+        rejected=tuple((m, text(w)) for m, w in st.rejected),
+        jacobian_note=text(st.jacobian_note))
         for st in the_plan.stages)
     return dataclasses.replace(
-        the_plan, stages=stages,
+        the_plan, stages=stages, notes=tuple(map(text, the_plan.notes)),
+        passes=tuple((n, text(t)) for n, t in the_plan.passes),
         edges=tuple((rn(u), rn(v), w) for u, v, w in the_plan.edges),
         state_sizes=tuple((rn(n), s) for n, s in the_plan.state_sizes),
         state_kinds=tuple((rn(n), k) for n, k in the_plan.state_kinds))
 
 
+_REWORDED = (PlanError, StepFunctionError, ConvergenceError)
+
+
 @contextlib.contextmanager
 def _declared_names_in_errors(model: RecModel):
-    """Plan errors name DSL states by their declared names, as plans do."""
+    """Errors name DSL states by their declared names and point into the ``.rec`` file,
+    as plans do."""
     try:
         yield
-    except PlanError as exc:
-        names = {f"[{k!r}]": k for k in model.states}
-        raise PlanError(_rename_text(str(exc), names)) from None
+    except _REWORDED as exc:
+        message = _rewrite_text(str(exc), model)
+        reworded = None
+        if message != str(exc):
+            with contextlib.suppress(Exception):   # a subclass with another signature
+                reworded = type(exc)(message)
+        if reworded is None:
+            raise
+        raise reworded from None
 
 
-def _rename_text(text: str, names: dict[str, str]) -> str:
-    for old, new in names.items():
-        text = text.replace(old, new)
+def _rewrite_text(text: str, model: RecModel) -> str:
+    if not isinstance(text, str):
+        return text
+    text = model.point_to_source(text)
+    for k in model.states:
+        text = text.replace(f"[{k!r}]", k)
     return text
 
 

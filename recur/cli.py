@@ -4,9 +4,26 @@
     recur explain FILE.rec [--dim D=64] [--length T] [--backend gpu] [--json] [--dot] [--passes]
     recur compile FILE.rec [-o OUT.py]       standalone JAX module
     recur run FILE.rec --inputs X.npz [--params P.npz] [--init H0.npz] [--length T]
-                       [--method M] [--check] [--out OUT.npz]
-    recur bench FILE.rec [--length T] [--methods a,b] [--plot out.png] [--json out.json]
-    recur demo                               an affine recurrence in parallel, checked
+                       [--method M] [--check] [--out OUT.npz] [--force]
+    recur bench FILE.rec [--length T] [--methods a,b] [--reps N] [--plot out.png]
+                         [--json out.json]
+    recur demo [--length T]                  what recur does here and on a GPU, checked
+
+``run`` reads and writes ``.npz`` files keyed by the declared names. Without ``--out`` it
+writes ``FILE.out.npz`` in the current directory and prints the path. It never writes over
+the ``.rec`` file or an input (not even with ``--force``), nor over an existing file that
+is not an ``.npz`` it wrote (marked by its zip comment) unless ``--force``; writes go
+through a temporary file in the target folder, renamed into place. ``--check`` also runs
+the sequential loop and exits 1 when ``|recur - loop| > sqrt(eps) (1 + |loop|)`` anywhere
+(eps of the state's dtype: 3.5e-4 for float32, 1.5e-8 for float64) or when a non-finite
+value of one is not the same non-finite value in the other (equal NaN/inf agree). A state
+that holds NaN/inf is reported on stderr with the first step where it appears. Complex
+arrays are refused when the model computes in a real dtype (never silently made real).
+
+``bench`` runs the sequential loop first (the reference of the difference and speed
+columns), then each method, ``auto`` last, printing each row as it finishes; a method that
+fails is reported in its row and the bench goes on. ``--reps`` (at least 1) timed runs
+follow one compiling run.
 
 Errors go to stderr with exit status 1 and no traceback.
 """
@@ -100,69 +117,371 @@ def cmd_compile(args) -> int:
         text = fh.read()
     module = compile_rec(text, name=args.name, filename=args.file, **_dims(args.dim))
     if args.output:
-        _atomic_write_text(args.output, module)
+        _refuse_protected(args.output, "-o", [(args.file, "the .rec file")])
+        _atomic_write(args.output, "-o", lambda fh: fh.write(module.encode("utf-8")))
+        print(f"wrote {args.output}")
     else:
         sys.stdout.write(module)
     return 0
 
 
-def _atomic_write_text(path: str, text: str) -> None:
+# ----------------------------------------------------------------------------- files
+
+# The zip comment of every .npz `recur run` writes: an existing file that carries it may be
+# replaced by a later run; any other existing file only with --force.
+_NPZ_MARK = b"written by recur run"
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _refuse_protected(path: str, flag: str, protected: Sequence[tuple[str, str]]) -> None:
+    """Never write over the .rec file or an input, whatever the flags."""
+    for other, what in protected:
+        if other and _same_file(path, other):
+            raise RecurError(f"{flag} {path} is {what}; recur never overwrites its inputs or "
+                             "the .rec file (not even with --force): choose another path.")
+
+
+def _atomic_write(path: str, flag: str, write) -> None:
+    """Write through a temporary file in the target folder, then rename it into place;
+    errors name the path the user gave, never the temporary file."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    if os.path.isdir(path):
+        raise RecurError(f"cannot write {flag} {path}: it is a folder; give a file name.")
+    if not os.path.isdir(folder):
+        raise RecurError(f"cannot write {flag} {path}: the folder {folder} does not exist.")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+                                   suffix=".tmp")
+    except OSError as exc:
+        raise RecurError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes it private; a normal file instead
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise RecurError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
-def _read_npz(path: str | None) -> dict[str, Any] | None:
+def _atomic_write_text(path: str, text: str, flag: str = "") -> None:
+    _atomic_write(path, flag or "", lambda fh: fh.write(text.encode("utf-8")))
+
+
+def _written_by_recur(path: str) -> bool:
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.comment == _NPZ_MARK
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _write_npz(path: str, arrays: dict[str, Any]) -> None:
+    """An .npz any declared name round-trips through (``np.savez`` takes ``file`` and
+    ``allow_pickle`` as its own parameters), marked as written by ``recur run``."""
+    import zipfile
+
+    import numpy as np
+
+    def write(fh):
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, value in arrays.items():
+                with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+            zf.comment = _NPZ_MARK
+    _atomic_write(path, "--out", write)
+
+
+def _read_npz(path: str | None, flag: str, what: str, declared: Sequence[str],
+              dtype: Any) -> dict[str, Any] | None:
+    """The arrays of an .npz the user gave; clear errors for a missing file, a .npy, a
+    non-numeric array, or complex values the model's dtype would drop."""
     if path is None:
         return None
-    import numpy as np
-    try:
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input
-        raise RecurError(f"cannot read {path}: {exc}") from None
+    import zipfile
 
+    import numpy as np
+    names = ", ".join(declared) or "none"
+    if not os.path.exists(path):
+        raise RecurError(f"{flag} {path}: no such file.")
+    if os.path.isdir(path):
+        raise RecurError(f"{flag} {path} is a folder; give an .npz file.")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            is_npy = fh.read(6) == b"\x93NUMPY"
+        kind = "a .npy file (one array without a name)" if is_npy else "not an .npz file"
+        example = ", ".join(f"{n}=..." for n in declared) or "..."
+        raise RecurError(f"{flag} {path} is {kind}; recur run reads an .npz with one array "
+                         f"per declared {what} ({names}), e.g. numpy.savez('file.npz', "
+                         f"{example}).")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input
+        raise RecurError(f"cannot read {flag} {path}: {exc}") from None
+    complex_ok = np.dtype(dtype).kind == "c"
+    for k, v in arrays.items():
+        if v.dtype.kind == "c" and not complex_ok:
+            raise RecurError(f"{flag} {path}: array {k!r} is complex ({v.dtype}) but the "
+                             f"recurrence computes in {np.dtype(dtype).name}; recur run does "
+                             "not drop imaginary parts: give real arrays (or split real and "
+                             "imaginary parts into two declared names).")
+        if v.dtype.kind not in "biufc":
+            raise RecurError(f"{flag} {path}: array {k!r} has dtype {v.dtype}, not numbers.")
+    return arrays
+
+
+def _check_names(arrays: dict, declared: dict, flag: str, path: str, what: str, model,
+                 missing_hint: str) -> None:
+    missing = [k for k in declared if k not in arrays]
+    unknown = sorted(k for k in arrays if k not in declared)
+    names = ", ".join(declared) or "none"
+    if missing:
+        raise RecurError(f"{flag} {path} has no {what} {', '.join(missing)}; recurrence "
+                         f"{model.name!r} declares {what}s {names}{missing_hint}.")
+    if unknown:
+        raise RecurError(f"{flag} {path} holds {', '.join(unknown)}, which recurrence "
+                         f"{model.name!r} does not declare; its {what}s are {names}.")
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _tolerance(dtype) -> float:
+    """--check's tolerance on |recur - loop| / (1 + |loop|): the square root of the
+    dtype's machine epsilon (3.5e-4 for float32, 1.5e-8 for float64); 0 for integers."""
+    import numpy as np
+    dtype = np.dtype(dtype)
+    if dtype.kind in "fc":
+        return float(np.sqrt(np.finfo(dtype).eps))
+    return 0.0
+
+
+def _first_nonfinite(a) -> tuple[int, str] | None:
+    """(first step, "NaN"/"inf"/"NaN and inf") of the non-finite values of a (T, ...)
+    array, or None when all are finite."""
+    import numpy as np
+    a = np.asarray(a)
+    if a.dtype.kind not in "fc" or a.size == 0:
+        return None
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return None
+    steps = bad.reshape(a.shape[0], -1).any(axis=1) if a.ndim else bad.reshape(1)
+    kinds = [k for k, m in (("NaN", np.isnan(a)), ("inf", np.isinf(a))) if m.any()]
+    return int(np.argmax(steps)), " and ".join(kinds)
+
+
+def _compare(a, b) -> dict[str, Any]:
+    """NaN-aware comparison of a result ``a`` with the loop's ``b`` (same shape): equal
+    non-finite values agree; a non-finite value against anything else disagrees."""
+    import numpy as np
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype.kind == "c" or b.dtype.kind == "c":      # compare real and imaginary parts
+        a = np.stack([a.real, a.imag], axis=-1)
+        b = np.stack([b.real, b.imag], axis=-1)
+    a64 = a.astype(np.float64) if a.dtype.kind in "biuf" else a
+    b64 = b.astype(np.float64) if b.dtype.kind in "biuf" else b
+    fa, fb = np.isfinite(a64), np.isfinite(b64)
+    both = fa & fb
+    same_nonfinite = ~fa & ~fb & ((a64 == b64) | (np.isnan(a64) & np.isnan(b64)))
+    mismatch = ~both & ~same_nonfinite
+    diff = np.zeros(a64.shape)
+    np.subtract(a64, b64, out=diff, where=both)
+    diff = np.abs(diff)
+    scaled = np.zeros(a64.shape)
+    np.divide(diff, 1.0 + np.abs(np.where(both, b64, 0.0)), out=scaled, where=both)
+    out = {"max_abs": float(diff.max(initial=0.0)), "max_scaled": float(scaled.max(initial=0.0)),
+           "worst_step": None, "mismatches": int(mismatch.sum()), "mismatch_step": None}
+    if a64.ndim and a64.size:
+        out["worst_step"] = int(np.argmax(diff.reshape(a64.shape[0], -1).max(axis=1)))
+        if out["mismatches"]:
+            idx = np.unravel_index(int(np.argmax(mismatch)), a64.shape)
+            out["mismatch_step"] = int(idx[0])
+            out["mismatch_values"] = (a64[idx].item(), b64[idx].item())
+    return out
+
+
+def _info_summary(info) -> tuple[float, bool, bool]:
+    """(largest residual, converged everywhere, fell back anywhere) of an ``info``,
+    whatever its shape (per stage for staged plans)."""
+    import numpy as np
+    res = np.asarray(info.residual, np.float64)
+    residual = float(np.nanmax(res)) if res.size and not np.isnan(res).all() else float("nan")
+    return residual, bool(np.all(np.asarray(info.converged))), \
+        bool(np.any(np.asarray(info.fell_back)))
+
+
+def _warn(text: str) -> None:
+    print(f"recur: warning: {text}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- run
 
 def cmd_run(args) -> int:
+    import jax
     import jax.numpy as jnp
     import numpy as np
 
-    rec = _load(args)
-    inputs = [os.path.abspath(p) for p in (args.inputs, args.params, args.init) if p]
-    out_path = args.out or (os.path.splitext(args.file)[0] + ".out.npz")
-    if os.path.abspath(out_path) in inputs:
-        raise RecurError(f"--out {out_path} is one of the input files; recur never overwrites "
-                         "its inputs.")
-    xs = _read_npz(args.inputs)
-    params = _read_npz(args.params)
-    h0 = _read_npz(args.init) or rec.init(params)
-    h0 = {k: jnp.asarray(v, rec.model.dtype) for k, v in h0.items()}
-    if xs is not None:
-        xs = {k: jnp.asarray(v, rec.model.dtype) for k, v in xs.items()}
-    out = _console()
-    start = time.perf_counter()
-    with out.status(f"running {rec.model.name!r} (compiling, then {args.method})"):
-        hs, info = rec.scan(h0, xs, params, length=args.length, method=args.method,
-                            return_info=True)
-        hs = {k: np.asarray(v) for k, v in hs.items()}
-    elapsed = time.perf_counter() - start
-    out.print(f"ran {rec.model.name!r} with method {info.method} in {elapsed:.3f} s "
-              f"(residual {float(info.residual):.3g}, fell back: {bool(info.fell_back)})")
-    if args.check:
-        with out.status("running the sequential loop for --check"):
-            ref = rec.scan(h0, xs, params, length=args.length, method="sequential")
-        diff = max(float(np.max(np.abs(hs[k] - np.asarray(ref[k])), initial=0.0)) for k in hs)
-        out.print(f"check: largest difference to the sequential loop {diff:.3g}")
-    folder = os.path.dirname(os.path.abspath(out_path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz")
-    os.close(fd)
-    np.savez(tmp, **hs)
-    os.replace(tmp, out_path)
-    out.print(f"wrote {out_path}")
-    return 0
+    if args.length is not None and args.length < 0:
+        raise RecurError(f"--length must be 0 or more, got {args.length}.")
 
+    # where the result goes, decided (and refused) before any work
+    if args.out:
+        out_path = args.out
+    else:
+        stem = os.path.splitext(os.path.basename(args.file))[0]
+        if args.name:
+            stem += "." + args.name
+        out_path = os.path.join(os.getcwd(), stem + ".out.npz")
+    protected = [(args.file, "the .rec file"), (args.inputs, "the --inputs file"),
+                 (args.params, "the --params file"), (args.init, "the --init file")]
+    _refuse_protected(out_path, "--out", protected)
+    if os.path.isdir(out_path):
+        raise RecurError(f"--out {out_path} is a folder; give a file name.")
+    replacing = os.path.exists(out_path)
+    if replacing and not args.force and not _written_by_recur(out_path):
+        raise RecurError(f"--out {out_path} exists and is not an .npz that recur run wrote; "
+                         "recur does not overwrite it: pass --force to replace it, or choose "
+                         "another path.")
+
+    rec = _load(args)
+    model = rec.model
+    dtype = model.dtype
+    xs = _read_npz(args.inputs, "--inputs", "input", list(model.inputs), dtype)
+    params = _read_npz(args.params, "--params", "param", list(model.params), dtype)
+    init = _read_npz(args.init, "--init", "state", list(model.states), dtype)
+    inputs_shape = ", ".join(f"{k}(T{''.join(f', {d}' for d in s)})"
+                             for k, s in model.inputs.items())
+    if model.inputs and xs is None:
+        raise RecurError(f"recurrence {model.name!r} declares input(s) {inputs_shape}: pass "
+                         "--inputs X.npz with one array per input (leading axis T).")
+    if xs is not None:
+        _check_names(xs, model.inputs, "--inputs", args.inputs, "input", model, "")
+        if not xs:
+            xs = None
+    if not model.inputs and xs is None and args.length is None:
+        raise RecurError(f"recurrence {model.name!r} declares no inputs, so recur cannot "
+                         "know how many steps to run: pass --length T.")
+    if xs is not None and args.length is not None:
+        T = next(iter(xs.values())).shape[0] if next(iter(xs.values())).ndim else None
+        if T != args.length:
+            raise RecurError(f"--length {args.length} but the inputs in {args.inputs} have "
+                             f"{T} steps; leave out --length (the inputs set T).")
+    if params is not None:
+        unknown = sorted(k for k in params if k not in model.params)
+        if unknown:
+            raise RecurError(f"--params {args.params} holds {', '.join(unknown)}, which "
+                             f"recurrence {model.name!r} does not declare; its params are "
+                             f"{', '.join(model.params) or 'none'}.")
+    if init is not None:
+        _check_names(init, model.states, "--init", args.init, "state", model,
+                     " (give every state, or leave out --init to start from the file's "
+                     "initial values)")
+        for k, shape in model.states.items():
+            if tuple(init[k].shape) != tuple(shape):
+                raise RecurError(f"--init {args.init}: state {k!r} has shape "
+                                 f"{tuple(init[k].shape)}; recurrence {model.name!r} declares "
+                                 f"{tuple(shape)}.")
+        h0 = {k: jnp.asarray(init[k], dtype) for k in model.states}
+    else:
+        h0 = rec.init(params)
+    if xs is not None:
+        xs = {k: jnp.asarray(v, dtype) for k, v in xs.items()}
+    length = None if xs is not None else args.length
+    for flag, arrays in (("--inputs", xs), ("--params", params), ("--init", init)):
+        for k, v in (arrays or {}).items():
+            bad = _first_nonfinite(np.asarray(v)) if flag == "--inputs" else \
+                ((0, "NaN/inf") if not np.all(np.isfinite(np.asarray(v))) else None)
+            if bad is not None:
+                _warn(f"{flag} array {k!r} holds non-finite values ({bad[1]})"
+                      + (f", first at step {bad[0]}" if flag == "--inputs" else ""))
+
+    print(f"running {model.name!r} (method {args.method}; compiling first)", flush=True)
+    start = time.perf_counter()
+    hs, info = rec.scan(h0, xs, params, length=length, method=args.method, return_info=True)
+    hs = jax.tree_util.tree_map(np.asarray, jax.block_until_ready(hs))
+    elapsed = time.perf_counter() - start
+    residual, converged, fell_back = _info_summary(info)
+    print(f"ran {model.name!r} with method {info.method} in {elapsed:.3f} s, compiling "
+          f"included (residual {residual:.3g}, converged: {'yes' if converged else 'no'}, "
+          f"fell back: {'yes' if fell_back else 'no'})")
+
+    ref = None
+    if args.check:
+        print("running the sequential loop for --check", flush=True)
+        ref = rec.scan(h0, xs, params, length=length, method="sequential")
+        ref = {k: np.asarray(v) for k, v in ref.items()}
+    status = 0
+    for k, v in hs.items():
+        bad = _first_nonfinite(v)
+        if bad is None:
+            continue
+        step, kind = bad
+        text = (f"state {k!r} holds non-finite values ({kind}); the first appears at step "
+                f"{step} (0-based) of {v.shape[0]}")
+        if ref is None:
+            text += "; run with --check to see whether the sequential loop produces them too"
+        else:
+            ref_bad = _first_nonfinite(ref[k])
+            if ref_bad is None:
+                text += "; the sequential loop stays finite: recur's result is wrong there"
+            elif ref_bad[0] == step:
+                text += (f"; the sequential loop produces them too ({ref_bad[1]}, from the "
+                         "same step): the recurrence itself does, with these inputs and "
+                         "params")
+            else:
+                text += (f"; the sequential loop produces them too, but from step "
+                         f"{ref_bad[0]} ({ref_bad[1]})")
+        _warn(text)
+    if ref is not None:
+        worst = None
+        failed = []
+        for k in hs:
+            c = _compare(hs[k], ref[k])
+            tol = _tolerance(hs[k].dtype)
+            if c["mismatches"]:
+                mine, loop = c["mismatch_values"]
+                failed.append(f"state {k!r}: {c['mismatches']} value(s) where recur and the "
+                              f"loop disagree on a non-finite value (first at step "
+                              f"{c['mismatch_step']}: recur {mine:.6g}, loop {loop:.6g})")
+            elif c["max_scaled"] > tol:
+                failed.append(f"state {k!r}: difference {c['max_abs']:.3g} at step "
+                              f"{c['worst_step']}")
+            if worst is None or c["max_abs"] > worst[1]["max_abs"]:
+                worst = (k, c, tol)
+        if worst is not None:
+            k, c, tol = worst
+            where = f"state {k!r}" + (f", step {c['worst_step']}" if c["worst_step"] is not None
+                                      else "")
+            print(f"check: largest difference to the sequential loop {c['max_abs']:.3g} "
+                  f"({where}; over the values finite in both); tolerance |recur - loop| <= "
+                  f"{tol:.2g} x (1 + |loop|), the square root of the machine epsilon of "
+                  f"{np.dtype(hs[k].dtype).name}")
+        if failed:
+            print("check: FAILED: " + "; ".join(failed))
+            status = 1
+        else:
+            print("check: passed (equal non-finite values count as agreement)"
+                  if any(_first_nonfinite(v) for v in hs.values()) else "check: passed")
+
+    _write_npz(out_path, hs)
+    print(f"{'replaced' if replacing else 'wrote'} {os.path.abspath(out_path)} "
+          f"(states {', '.join(hs)})")
+    return status
+
+
+# ----------------------------------------------------------------------------- bench
 
 def _bench_params(rec, rng):
     import jax.numpy as jnp
@@ -178,14 +497,60 @@ def _bench_params(rec, rng):
     return out
 
 
+def _known_methods() -> tuple[str, ...]:
+    try:
+        from .passes._lower import METHODS
+        return tuple(METHODS)
+    except ImportError:  # pragma: no cover - the list moved; the documented methods
+        return ("auto", "sequential", "scan", "deer", "quasi-deer", "picard")
+
+
+def _times_fmt(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def _speed(seq_s: float | None, t_s: float, is_reference: bool) -> str:
+    """``3.2× faster`` / ``200× slower`` than the sequential loop (never ``0.00x``)."""
+    if is_reference:
+        return "1× (reference)"
+    if not seq_s or not t_s:
+        return "-"
+    r = seq_s / t_s
+    return f"{_times_fmt(r)}× faster" if r >= 1 else f"{_times_fmt(1 / r)}× slower"
+
+
+_BENCH_COLS = (("method", 12), ("ran", 12), ("median ms", 10), ("min ms", 10),
+               ("max ms", 10), ("compile s", 9), ("residual", 9), ("fell back", 9),
+               ("max |diff|", 10), ("vs sequential", 0))
+
+
+def _bench_row(cells: Sequence[str]) -> str:
+    return " ".join(c.ljust(w) if w else c for c, (_, w) in zip(cells, _BENCH_COLS)).rstrip()
+
+
 def cmd_bench(args) -> int:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from rich.progress import Progress
-    from rich.table import Table
 
-    from .passes._lower import METHODS
+    if args.reps < 1:
+        raise RecurError(f"--reps must be at least 1 (the timed runs after the first, "
+                         f"compiling run), got {args.reps}.")
+    if args.length < 1:
+        raise RecurError(f"--length must be at least 1, got {args.length}.")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            _refuse_protected(path, flag, [(args.file, "the .rec file")])
+    known = _known_methods()
+    methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
+               else [m for m in known if m != "auto"])
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise RecurError(f"unknown method(s) {', '.join(unknown)}; recur has "
+                         f"{', '.join(known)}.")
+    # the loop first (the reference of the difference and speed columns), auto last
+    methods = ["sequential"] + [m for m in dict.fromkeys(methods)
+                                if m not in ("sequential", "auto")] + ["auto"]
 
     rec = _load(args)
     rng = np.random.default_rng(args.seed)
@@ -194,65 +559,65 @@ def cmd_bench(args) -> int:
     h0 = rec.init(params)
     xs = {k: jnp.asarray(0.5 * rng.standard_normal((T,) + tuple(s)), rec.model.dtype)
           for k, s in rec.model.inputs.items()} or None
-    methods = args.methods.split(",") if args.methods else [m for m in METHODS if m != "auto"]
-    if "auto" not in methods:
-        methods.append("auto")
-    usable, skipped = [], []
+    length = None if xs else T
+    device = jax.devices()[0]
+    print(f"recur bench {rec.model.name}: T={T}, {device.platform} ({device.device_kind}), "
+          f"{args.reps} timed run(s) per method after a compiling run; differences and speed "
+          "against the sequential loop", flush=True)
+    print(_bench_row([c for c, _ in _BENCH_COLS]), flush=True)
+    records, reference, seq_s = [], None, None
     for m in methods:
+        print(f"{m:<{_BENCH_COLS[0][1]}} ", end="", flush=True)   # which one is running
         try:
-            rec.plan(h0, xs, params, length=None if xs else T, method=m)
-            usable.append(m)
+            rec.plan(length=T, method=m)          # shapes suffice to know if it applies
         except RecurError as exc:
-            skipped.append((m, str(exc)))
-    records = []
-    reference = None
-    with Progress(transient=True) as progress:
-        task = progress.add_task("benchmarking", total=len(usable) * (args.reps + 1))
-        for m in usable:
-            fn = jax.jit(lambda xs, m=m: rec.scan(h0, xs, params, length=None if xs else T,
-                                                  method=m, return_info=True))
+            print(f"not applicable: {exc}", flush=True)
+            continue
+        try:
+            fn = jax.jit(lambda xs, m=m: rec.scan(h0, xs, params, length=length, method=m,
+                                                  return_info=True))
             start = time.perf_counter()
             hs, info = jax.block_until_ready(fn(xs))
             compile_s = time.perf_counter() - start
-            progress.advance(task)
-            times = []
-            for _ in range(args.reps):
-                times.append(_time(fn, xs))
-                progress.advance(task)
-            leaves = np.concatenate([np.ravel(np.asarray(v, np.float64))
-                                     for v in jax.tree_util.tree_leaves(hs)])
-            if reference is None:
-                reference = leaves
-            records.append({"method": m, "ran": info.method, "median_s": float(np.median(times)),
-                            "min_s": float(np.min(times)), "max_s": float(np.max(times)),
-                            "compile_s": compile_s, "residual": float(info.residual),
-                            "fell_back": bool(info.fell_back),
-                            "max_abs_diff": float(np.max(np.abs(leaves - reference),
-                                                         initial=0.0))})
-    device = jax.devices()[0]
-    table = Table(title=f"recur bench {rec.model.name}: T={T}, {device.platform} "
-                        f"({device.device_kind})")
-    for col in ("method", "ran", "median ms", "min ms", "max ms", "compile s", "residual",
-                "fell back", "max |diff|", "vs sequential"):
-        table.add_column(col)
-    seq = next((r["median_s"] for r in records if r["method"] == "sequential"), None)
-    for r in records:
-        table.add_row(r["method"], r["ran"], f"{r['median_s'] * 1e3:.3f}",
-                      f"{r['min_s'] * 1e3:.3f}", f"{r['max_s'] * 1e3:.3f}",
-                      f"{r['compile_s']:.2f}", f"{r['residual']:.2e}",
-                      "yes" if r["fell_back"] else "no", f"{r['max_abs_diff']:.2e}",
-                      f"{seq / r['median_s']:.2f}x" if seq else "-")
-    out = _console()
-    out.print(table)
-    for m, why in skipped:
-        out.print(f"skipped {m}: {why}")
+            times = [_time(fn, xs) for _ in range(args.reps)]
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one method failing does not end the bench
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            print(f"failed: {type(exc).__name__}: {msg[:300]}", flush=True)
+            records.append({"method": m, "error": f"{type(exc).__name__}: {msg}"})
+            continue
+        leaves = [np.asarray(v) for v in jax.tree_util.tree_leaves(hs)]
+        if reference is None:
+            reference = leaves
+        cmp = [_compare(a, b) for a, b in zip(leaves, reference)]
+        diff = max((c["max_abs"] for c in cmp), default=0.0)
+        mismatches = sum(c["mismatches"] for c in cmp)
+        residual, _, fell_back = _info_summary(info)
+        med = float(np.median(times))
+        if m == "sequential":
+            seq_s = med
+        r = {"method": m, "ran": info.method, "median_s": med, "min_s": float(np.min(times)),
+             "max_s": float(np.max(times)), "compile_s": compile_s, "residual": residual,
+             "fell_back": fell_back, "max_abs_diff": diff, "nonfinite_mismatches": mismatches,
+             "speedup_vs_sequential": (seq_s / med) if seq_s else None}
+        records.append(r)
+        cells = ["", r["ran"], f"{med * 1e3:.3f}", f"{r['min_s'] * 1e3:.3f}",
+                 f"{r['max_s'] * 1e3:.3f}", f"{compile_s:.2f}", f"{residual:.2e}",
+                 "yes" if fell_back else "no",
+                 f"{diff:.2e}" + (f" ({mismatches} non-finite disagree)" if mismatches else ""),
+                 _speed(seq_s, med, m == "sequential")]
+        print(_bench_row(cells)[_BENCH_COLS[0][1] + 1:], flush=True)   # after the name
     if args.json:
         _atomic_write_text(args.json, json.dumps({"device": device.device_kind,
                                                   "platform": device.platform, "T": T,
-                                                  "records": records}, indent=1))
+                                                  "reps": args.reps, "records": records},
+                                                 indent=1), "--json")
+        print(f"wrote {args.json}")
     if args.plot:
-        _bench_plot(records, args.plot, f"{rec.model.name}, T={T}, {device.platform}")
-        out.print(f"wrote {args.plot}")
+        timed = [r for r in records if "median_s" in r]
+        _bench_plot(timed, args.plot, f"{rec.model.name}, T={T}, {device.platform}")
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -271,8 +636,46 @@ def _bench_plot(records, path: str, title: str) -> None:
     ax.set_ylabel("median time per call (ms)")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _atomic_write(path, "--plot", lambda fh: fig.savefig(fh, dpi=120, format="png"))
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- demo
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def _seconds(value: Any) -> float | None:
+    """A predicted time from a plan's estimates (``'243 us'``, or a number of seconds)."""
+    import re
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    m = re.fullmatch(r"\s*([0-9.]+(?:[eE][+-]?[0-9]+)?)\s*(ns|us|µs|μs|ms|s)\s*", str(value))
+    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+def _predicted(plan) -> float | None:
+    """The cost model's predicted time of a plan (its stages' sum), None if not given."""
+    total = 0.0
+    for st in plan.stages:
+        t = _seconds(dict(st.estimates).get("predicted time"))
+        if t is None:
+            return None
+        total += t
+    return total
+
+
+def _two_digits(x: float) -> str:
+    """A predicted ratio to two significant digits (3292.1 -> '3300')."""
+    x = float(f"{x:.2g}")
+    return f"{x:.0f}" if x >= 10 else f"{x:g}"
+
+
+def _duration(s: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s / 1e-9:.3g} ns"
 
 
 def cmd_demo(args) -> int:
@@ -282,8 +685,11 @@ def cmd_demo(args) -> int:
 
     from ._api import plan as make_plan
     from ._api import scan
+    from .passes import _cost
 
-    T, D = args.length, 64
+    T, D, reps = args.length, 64, 5
+    if T < 1:
+        raise RecurError(f"--length must be at least 1, got {T}.")
     rng = np.random.default_rng(0)
     decay = jnp.asarray(rng.uniform(0.9, 0.999, D), jnp.float32)
     xs = jnp.asarray(rng.standard_normal((T, D)), jnp.float32)
@@ -294,23 +700,79 @@ def cmd_demo(args) -> int:
         return decay * gate * h + (1 - gate) * x
 
     h0 = jnp.zeros(D, jnp.float32)
-    out = _console()
-    p = make_plan(step, h0, xs, method="scan")
-    out.print(_plan_table(p))
-    print(p.explain())
-    auto = make_plan(step, h0, xs)
-    out.print(f"(method='auto' on this {auto.backend} backend picks {auto.method}: "
-              f"{auto.stages[0].why})")
-    run_scan = jax.jit(lambda xs: scan(step, h0, xs, method="scan"))
+    device = jax.devices()[0]
+    print("recur demo: a gated linear recurrence (an LRU/EMA-style layer)\n"
+          "  h' = decay * g * h + (1 - g) * x,  g = sigmoid(x)\n"
+          f"  T = {T} steps, D = {D} states, float32; this machine: {device.platform} "
+          f"({device.device_kind})", flush=True)
+
+    # 1. what `auto` runs here, next to the user's own jitted lax.scan
+    here = make_plan(step, h0, xs)
+    print(f"\n1. Here ({here.backend}) method='auto' runs: {here.method}")
+    for st in here.stages:
+        print(f"   why: {st.why}")
+    run_auto = jax.jit(lambda xs: scan(step, h0, xs, return_info=True))
     run_loop = jax.jit(lambda xs: jax.lax.scan(lambda h, x: (step(h, x),) * 2, h0, xs)[1])
-    hs, ref = jax.block_until_ready((run_scan(xs), run_loop(xs)))
-    t_scan = min(_time(run_scan, xs) for _ in range(3))
-    t_loop = min(_time(run_loop, xs) for _ in range(3))
-    err = float(jnp.max(jnp.abs(hs - ref)))
-    out.print(f"T={T}, D={D}, float32, device {jax.devices()[0].platform}: "
-              f"max |scan - lax.scan loop| = {err:.2e}")
-    out.print(f"time: recur.scan {t_scan * 1e3:.1f} ms, lax.scan loop {t_loop * 1e3:.1f} ms")
-    return 0 if err < 1e-3 else 1
+    (hs, info), ref = jax.block_until_ready((run_auto(xs), run_loop(xs)))   # compile both
+    t_auto, t_loop = float("inf"), float("inf")
+    for _ in range(reps):                           # interleaved: both see the same load
+        t_auto = min(t_auto, _time(run_auto, xs))
+        t_loop = min(t_loop, _time(run_loop, xs))
+    print(f"   time (min of {reps} runs each, same process): recur.scan {_duration(t_auto)}, "
+          f"your own jitted jax.lax.scan {_duration(t_loop)}")
+    if here.method == "sequential":
+        print("   (auto runs the same loop here, so the two should be about equal: on this "
+              "backend recur costs nothing and gains nothing)")
+
+    # 2. the plan a GPU would run, with the cost model's predicted speed-up and why
+    gpu = make_plan(step, h0, xs, backend="gpu")
+    source = _cost.constants("gpu").source
+    assumed = "assumed" in source.lower()
+    print(f"\n2. On a GPU, method='auto' would run: {gpu.method}"
+          + ("  [PREDICTION from assumed GPU constants, not measured on a GPU]" if assumed
+             else "  [prediction from the cost model's GPU constants]"))
+    for st in gpu.stages:
+        print(f"   why: {st.why}")
+    t_gpu = _predicted(gpu)
+    t_gpu_loop = _predicted(make_plan(step, h0, xs, backend="gpu", method="sequential"))
+    if t_gpu and t_gpu_loop:
+        r = t_gpu_loop / t_gpu
+        depth = [dict(st.estimates).get("depth") for st in gpu.stages]
+        depth = f"depth {sum(depth)}" if all(isinstance(d, int) for d in depth) else "less depth"
+        print(f"   predicted: {gpu.method} {_duration(t_gpu)} against the sequential loop "
+              f"{_duration(t_gpu_loop)}, about {_two_digits(max(r, 1 / r))}× "
+              f"{'faster' if r >= 1 else 'slower'} (the loop runs {T} dependent steps, each "
+              f"at least a kernel launch on a GPU; the {gpu.method} has {depth})")
+    print(f"   GPU constants: {source}")
+
+    # ---- recur.lax.scan: to be added here ------------------------------------------------
+    # Once `recur.lax.scan` (per-step outputs, the jax.lax.scan contract) exists, show a model
+    # where recur's plan beats the user's own `jax.lax.scan` on this machine, if there is
+    # one, timed the same way as in 1 (issue 16, item 2). Nothing here until then.
+    # ---------------------------------------------------------------------------------------
+
+    # 3. the correctness check against the loop, for what ran here and for the GPU's method
+    print("\n3. Check against the sequential loop (jax.lax.scan):")
+    tol = _tolerance(np.float32)
+    runs = [("auto here", here.method, hs, info)]
+    if gpu.method != here.method:
+        run_gpu = jax.jit(lambda xs: scan(step, h0, xs, method=gpu.method, return_info=True))
+        hs_gpu, info_gpu = jax.block_until_ready(run_gpu(xs))
+        runs.append(("the GPU's method, run here", gpu.method, hs_gpu, info_gpu))
+    ok = True
+    ref = np.asarray(ref)
+    for label, method, out, inf in runs:
+        c = _compare(np.asarray(out), ref)
+        _, converged, fell_back = _info_summary(inf)
+        good = not c["mismatches"] and c["max_scaled"] <= tol and (converged or fell_back)
+        ok &= good
+        mism = f", {c['mismatches']} non-finite value(s) disagree" if c["mismatches"] else ""
+        print(f"   {label} ({method}): max |recur - loop| = {c['max_abs']:.2e}{mism}; "
+              f"converged {converged}, fell back {fell_back}: "
+              f"{'passed' if good else 'FAILED'}")
+    print(f"   (tolerance |recur - loop| <= {tol:.2g} x (1 + |loop|), the square root of "
+          "float32's machine epsilon)")
+    return 0 if ok else 1
 
 
 def _time(fn, *args) -> float:
@@ -351,18 +813,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=int, help="T when the file declares no inputs")
     p.add_argument("--method", default="auto")
     p.add_argument("--check", action="store_true", help="compare with the sequential loop")
-    p.add_argument("--out", help="output npz (default: FILE.out.npz)")
+    p.add_argument("--out", help="output npz (default: FILE.out.npz in the current directory)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out file recur did not write (never an input "
+                        "or the .rec file)")
     p.set_defaults(func=cmd_run)
     p = with_file(sub.add_parser("bench", help="compare methods on a .rec recurrence"))
     p.add_argument("--length", type=int, default=10_000, help="T (default 10000)")
     p.add_argument("--methods", help="comma-separated (default: every method that applies)")
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=5,
+                   help="timed runs per method after the compiling run (at least 1; default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the records here")
     p.add_argument("--plot", help="write a bar chart (PNG) here")
     p.set_defaults(func=cmd_bench)
-    p = sub.add_parser("demo", help="parallelise an affine recurrence and check it")
-    p.add_argument("--length", type=int, default=100_000)
+    p = sub.add_parser("demo", help="what recur runs here and on a GPU, timed and checked")
+    p.add_argument("--length", type=int, default=100_000, help="T (default 100000)")
     p.set_defaults(func=cmd_demo)
     return parser
 

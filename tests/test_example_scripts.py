@@ -2,7 +2,8 @@
 
 Each script prints a final line ``AGREEMENT <name> <max_abs_difference>``: the largest
 difference between recur's parallel method and the sequential loop (or numpy reference)
-written in the script. The scripts run two at a time (this machine has 2 cores).
+written in the script. The scripts run two at a time (this machine has 2 cores). Figures
+go to a temporary folder (``--out``), never to the tracked ``examples/figures/``.
 """
 import concurrent.futures
 import os
@@ -34,10 +35,10 @@ SCRIPTS = {
 }
 
 
-def _run(name):
+def _run(name, out_dir):
     start = time.time()
     proc = subprocess.run(
-        [sys.executable, os.path.join("examples", name + ".py"), "--quick"],
+        [sys.executable, os.path.join("examples", name + ".py"), "--quick", "--out", out_dir],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={**os.environ, "MPLBACKEND": "Agg"},
     )
@@ -45,17 +46,22 @@ def _run(name):
 
 
 @pytest.fixture(scope="module")
-def runs(request):
+def figures(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("figures"))
+
+
+@pytest.fixture(scope="module")
+def runs(request, figures):
     # only the scripts whose tests were selected (``-k``), two at a time
     selected = [item.callspec.params["name"] for item in request.session.items
                 if getattr(item, "originalname", None) == "test_example_script"]
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(_run, name) for name in selected}
+        futures = {name: pool.submit(_run, name, figures) for name in selected}
         return {name: f.result() for name, f in futures.items()}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
-def test_example_script(runs, name):
+def test_example_script(runs, figures, name):
     proc, start = runs[name]
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     m = re.search(rf"^AGREEMENT {name} (\S+)\s*$", proc.stdout, re.M)
@@ -64,6 +70,6 @@ def test_example_script(runs, name):
     assert diff <= SCRIPTS[name], f"{name}: difference {diff} above {SCRIPTS[name]}"
     assert "recur plan:" in proc.stdout                      # the plan was printed
     assert re.search(r"timing on \w+", proc.stdout)          # timings, device named
-    png = os.path.join(ROOT, "examples", "figures", name + ".png")
+    png = os.path.join(figures, name + ".png")
     assert os.path.getsize(png) > 10_000
     assert os.path.getmtime(png) >= start - 1, f"{png} was not rewritten by this run"

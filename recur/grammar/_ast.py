@@ -11,8 +11,8 @@ from typing import Optional, Union
 
 __all__ = [
     "Node", "Expr", "Number", "Name", "Primed", "UnaryOp", "BinOp", "Transpose", "Slice",
-    "Index", "Call", "Stmt", "RecurrenceStmt", "DimItem", "DimStmt", "VarDecl", "DeclStmt",
-    "Define", "Update", "Recurrence", "Program",
+    "Index", "Keyword", "Call", "Stmt", "RecurrenceStmt", "DimItem", "DimStmt", "VarDecl",
+    "DeclStmt", "Define", "Update", "Output", "Recurrence", "Program", "unparse",
 ]
 
 
@@ -40,7 +40,8 @@ class Name(Node):
 
 @dataclass(frozen=True)
 class Primed(Node):
-    """``h'`` inside an expression: always an error (updates are simultaneous)."""
+    """``h'`` inside an expression: the new state, allowed only in an ``output``'s value
+    (updates are simultaneous)."""
     name: str
 
 
@@ -76,9 +77,17 @@ class Index(Node):
 
 
 @dataclass(frozen=True)
+class Keyword(Node):
+    """``name = value`` among a call's arguments (e.g. ``axis=0``)."""
+    name: str
+    value: "Expr"
+
+
+@dataclass(frozen=True)
 class Call(Node):
     func: str
     args: tuple      # of Expr
+    kwargs: tuple = ()   # of Keyword, after the positional arguments
 
 
 Expr = Union[Number, Name, Primed, UnaryOp, BinOp, Transpose, Index, Call]
@@ -127,14 +136,21 @@ class Update(Node):
     value: Expr
 
 
-Stmt = Union[RecurrenceStmt, DimStmt, DeclStmt, Define, Update]
+@dataclass(frozen=True)
+class Output(Node):
+    """``output y = EXPR``: a per-step output."""
+    name: str
+    value: Expr
+
+
+Stmt = Union[RecurrenceStmt, DimStmt, DeclStmt, Define, Update, Output]
 
 
 @dataclass(frozen=True)
 class Recurrence(Node):
     """One ``recurrence NAME`` block and the statements below it."""
     name: str
-    statements: tuple   # of DimStmt | DeclStmt | Define | Update
+    statements: tuple   # of DimStmt | DeclStmt | Define | Update | Output
 
 
 @dataclass(frozen=True)
@@ -147,3 +163,64 @@ class Program(Node):
     @property
     def names(self) -> list:
         return [r.name for r in self.recurrences]
+
+
+# --------------------------------------------------------------------------------- unparse
+
+_PREC = {"or": 1, "and": 2, "not": 3, "<": 4, "<=": 4, ">": 4, ">=": 4, "==": 4, "!=": 4,
+         "+": 5, "-": 5, "*": 6, "/": 6, "@": 6, "neg": 7, "**": 8}
+_ATOM = 9
+
+
+def unparse(expr, limit: Optional[int] = None) -> str:
+    """The ``.rec`` text of an expression (normalised spacing, minimal parentheses); cut
+    to ``limit`` characters with ``...`` when given."""
+    text = _unparse(expr)[0]
+    if limit is not None and len(text) > limit:
+        text = text[:max(0, limit - 3)] + "..."
+    return text
+
+
+def _wrap(part, need):
+    text, prec = part
+    return f"({text})" if prec < need else text
+
+
+def _unparse(e) -> tuple:
+    if isinstance(e, Number):
+        return e.text, _ATOM
+    if isinstance(e, Name):
+        return e.name, _ATOM
+    if isinstance(e, Primed):
+        return f"{e.name}'", _ATOM
+    if isinstance(e, UnaryOp):
+        if e.op == "not":
+            return f"not {_wrap(_unparse(e.operand), 3)}", 3
+        return f"-{_wrap(_unparse(e.operand), 7)}", 7
+    if isinstance(e, BinOp):
+        p = _PREC[e.op]
+        if e.op == "**":
+            left, right = _wrap(_unparse(e.left), _ATOM), _wrap(_unparse(e.right), 7)
+        elif p == 4:
+            left, right = _wrap(_unparse(e.left), 5), _wrap(_unparse(e.right), 5)
+        else:
+            left, right = _wrap(_unparse(e.left), p), _wrap(_unparse(e.right), p + 1)
+        return f"{left} {e.op} {right}", p
+    if isinstance(e, Transpose):
+        return f"{_wrap(_unparse(e.operand), _ATOM)}.T", _ATOM
+    if isinstance(e, Index):
+        subs = ", ".join(_unparse_sub(s) for s in e.subscripts)
+        return f"{_wrap(_unparse(e.operand), _ATOM)}[{subs}]", _ATOM
+    if isinstance(e, Call):
+        args = [_unparse(a)[0] for a in e.args]
+        args += [f"{k.name}={_unparse(k.value)[0]}" for k in e.kwargs]
+        return f"{e.func}({', '.join(args)})", _ATOM
+    raise TypeError(f"cannot unparse {type(e).__name__}")  # pragma: no cover
+
+
+def _unparse_sub(s) -> str:
+    if not isinstance(s, Slice):
+        return _unparse(s)[0]
+    parts = ["" if x is None else _unparse(x)[0] for x in (s.start, s.stop)]
+    text = ":".join(parts)
+    return text if s.step is None else f"{text}:{_unparse(s.step)[0]}"

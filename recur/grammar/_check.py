@@ -1,9 +1,10 @@
 """Semantic checks of one recurrence, with the dims it is loaded with.
 
-Resolves names, checks definitions and updates, orders local definitions by their
-dependencies (``networkx``), infers and checks every expression's shape (NumPy
-broadcasting for elementwise operations, ``@`` rules, function arity and argument shapes)
-and evaluates the static integers (dims, shapes, subscripts, axes). The result is a
+Resolves names, checks definitions, updates and outputs, orders local definitions by
+their dependencies (``networkx``), infers and checks every expression's shape (NumPy
+broadcasting for elementwise operations, ``@`` rules, function arity, keywords and
+argument shapes) and evaluates the static integers (dims, shapes, subscripts, axes).
+``h'`` (the new state) is allowed only in an output's value. The result is a
 :class:`Checked` recurrence that the symbolic pass and the code generator read.
 """
 
@@ -19,7 +20,7 @@ import networkx as nx
 
 from . import _ast as A
 from ._diag import dsl_error
-from ._functions import FUNCTIONS
+from ._functions import FUNCTIONS, is_reduction
 
 __all__ = ["Checked", "check", "MAX_ELEMENTS"]
 
@@ -43,9 +44,12 @@ class Checked:
     local_shapes: dict              # name -> shape
     updates: dict                   # state name -> Expr, in state order
     uses_t: bool
+    outputs: dict = field(default_factory=dict)        # output name -> Expr, file order
+    output_shapes: dict = field(default_factory=dict)  # output name -> shape
+    update_stmts: dict = field(default_factory=dict)   # state name -> its Update statement
     shapes: dict = field(default_factory=dict)   # id(expr) -> shape
     subscripts: dict = field(default_factory=dict)  # id(Index) -> tuple of int | slice
-    axes: dict = field(default_factory=dict)     # id(Call sum/mean) -> int | None
+    axes: dict = field(default_factory=dict)     # id(reduction Call) -> int | None
     const_shapes: dict = field(default_factory=dict)  # id(Call eye/zeros/ones) -> shape
     decl_nodes: dict = field(default_factory=dict)    # name -> AST node declaring it
     kinds: dict = field(default_factory=dict)    # name -> dim|param|input|state|local
@@ -137,7 +141,7 @@ class _Checker:
             if expr.name in self.dims:
                 return self.dims[expr.name]
             if expr.name in self.kinds:
-                raise self.err(f"{bad}; '{expr.name}' is a {self.kinds[expr.name]}", expr)
+                raise self.err(f"{bad}; '{expr.name}' is {_a(self.kinds[expr.name])}", expr)
             cands = list(self.dims)
             raise self.err(f"unknown dim '{expr.name}' in {what}{self.suggest(expr.name, cands)}",
                            expr)
@@ -185,7 +189,7 @@ class _Checker:
             raise self.err(f"'{name}' is reserved ({what}) and cannot be declared", node)
         if name in self.kinds:
             first = self.decl_nodes[name]
-            raise self.err(f"'{name}' is already defined (as a {self.kinds[name]} on line "
+            raise self.err(f"'{name}' is already defined (as {_a(self.kinds[name])} on line "
                            f"{first.line}); a name is defined once in a recurrence", node)
         self.kinds[name] = kind
         self.decl_nodes[name] = node
@@ -193,7 +197,7 @@ class _Checker:
     # ------------------------------------------------------------------------ run
     def run(self) -> Checked:
         rec = self.rec
-        dims_items, params, inputs, states, defines, updates = [], [], [], [], [], []
+        dims_items, params, inputs, states, defines, updates, outputs = [], [], [], [], [], [], []
         for st in rec.statements:
             if isinstance(st, A.DimStmt):
                 dims_items += list(st.items)
@@ -203,6 +207,8 @@ class _Checker:
                 defines.append(st)
             elif isinstance(st, A.Update):
                 updates.append(st)
+            elif isinstance(st, A.Output):
+                outputs.append(st)
 
         # names, once each
         for it in dims_items:
@@ -212,6 +218,8 @@ class _Checker:
                 self.declare(it.name, kind, it)
         for d in defines:
             self.declare(d.name, "local", d)
+        for o in outputs:
+            self.declare(o.name, "output", o)
 
         # dims (overrides win)
         unknown = [k for k in self.overrides if self.kinds.get(k) != "dim"]
@@ -276,7 +284,7 @@ class _Checker:
                 raise self.err(f"update of unknown state '{u.name}'"
                                f"{self.suggest(u.name, [s.name for s in states])}", u)
             if kind != "state":
-                raise self.err(f"'{u.name}' is a {kind}, not a state: only states are updated "
+                raise self.err(f"'{u.name}' is {_a(kind)}, not a state: only states are updated "
                                f"with {u.name}' = ...", u)
             if u.name in upd:
                 raise self.err(f"state '{u.name}' is updated twice (first on line "
@@ -335,6 +343,17 @@ class _Checker:
                                f"declared with shape {_fmt(decl)}", u.value)
             updates_out[it.name] = u.value
 
+        # outputs: shapes; h' is the new state here
+        self.context = "output"
+        outputs_out, output_shapes = {}, {}
+        for o in outputs:
+            shape, kind = self.infer(o.value)
+            if kind == "bool":
+                raise self.err(f"output '{o.name}' is a comparison: comparisons and and/or/not "
+                               "are usable only inside where(...)", o.value)
+            outputs_out[o.name] = o.value
+            output_shapes[o.name] = shape
+
         return Checked(
             name=rec.name, text=self.text, filename=self.filename, dims=dict(self.dims),
             params={p.name: self.shapes_decl[p.name] for p in params},
@@ -343,7 +362,8 @@ class _Checker:
             states={s.name: self.shapes_decl[s.name] for s in states},
             state_inits=state_inits,
             locals={n: by_name[n].value for n in order}, local_shapes=local_shapes,
-            updates=updates_out, uses_t=self.uses_t, shapes=self.shapes,
+            updates=updates_out, uses_t=self.uses_t, outputs=outputs_out,
+            output_shapes=output_shapes, update_stmts=upd, shapes=self.shapes,
             subscripts=self.subscripts, axes=self.axes, const_shapes=self.const_shapes,
             decl_nodes=dict(self.decl_nodes), kinds=dict(self.kinds))
 
@@ -382,7 +402,9 @@ class _Checker:
             return self._infer_name(e)
         if isinstance(e, A.Primed):
             if self.kinds.get(e.name) == "state":
-                raise self.err(f"{e.name}' may not appear on a right-hand side: updates are "
+                if self.context == "output":
+                    return self.shapes_decl[e.name], "float"
+                raise self.err(f"{e.name}' may appear only in an output's value: updates are "
                                f"simultaneous, so use {e.name} (the previous state) or a local "
                                "definition shared by both updates", e)
             raise self.err(f"unexpected \"'\" after '{e.name}': only states are updated, "
@@ -412,9 +434,9 @@ class _Checker:
     def _infer_name(self, e):
         name = e.name
         if name == "t":
-            if self.context != "update":
-                raise self.err("'t' (the step index) can be used only in definitions and "
-                               "updates", e)
+            if self.context not in ("update", "output"):
+                raise self.err("'t' (the step index) can be used only in definitions, "
+                               "updates and outputs", e)
             self.uses_t = True
             return (), "float"
         kind = self.kinds.get(name)
@@ -426,7 +448,10 @@ class _Checker:
         if not self._allowed(kind):
             where = {"default": "a param's default may use only numbers and dims",
                      "init": "a state's initial value may use only numbers, dims and params"}
-            raise self.err(f"'{name}' is a {kind}: {where[self.context]}", e)
+            raise self.err(f"'{name}' is {_a(kind)}: {where[self.context]}", e)
+        if kind == "output":
+            raise self.err(f"'{name}' is an output: outputs are results, not read by other "
+                           "expressions (compute the shared part in a local definition)", e)
         if kind == "dim":
             return (), "float"
         return self.shapes_decl[name], "float"
@@ -496,16 +521,50 @@ class _Checker:
         self.subscripts[id(e)] = tuple(spec)
         return tuple(out)
 
+    def _check_keywords(self, e, spec):
+        if not e.kwargs:
+            return
+        reduce_like = spec.category == "reduce" or e.func in ("max", "min")
+        for k in e.kwargs:
+            if not reduce_like:
+                raise self.err(f"{e.func} takes no keyword arguments: {spec.signature}", k)
+            if k.name != "axis":
+                raise self.err(f"unknown keyword '{k.name}' for {e.func}: the only keyword is "
+                               f"axis{self.suggest(k.name, ['axis'])}", k)
+        if len(e.kwargs) > 1:
+            raise self.err(f"axis is given twice in {e.func}(...)", e.kwargs[1])
+        if len(e.args) > 1:
+            what = ("max(a, b) is elementwise and takes no axis"
+                    if e.func in ("max", "min") else f"{e.func} takes one axis")
+            raise self.err(f"axis is given twice: {what} ({spec.signature})", e.kwargs[0])
+
+    def _infer_reduction(self, e):
+        shape = self._float(e.args[0])
+        axis_expr = e.args[1] if len(e.args) == 2 else (e.kwargs[0].value if e.kwargs else None)
+        if axis_expr is None:
+            self.axes[id(e)] = None
+            return ()
+        ax = self.const_int(axis_expr, f"the axis of {e.func}")
+        self.shapes[id(axis_expr)] = ()
+        if not -len(shape) <= ax < len(shape):
+            raise self.err(f"axis {ax} is out of range for shape {_fmt(shape)}", axis_expr)
+        ax %= len(shape)
+        self.axes[id(e)] = ax
+        return shape[:ax] + shape[ax + 1:]
+
     def _infer_call(self, e, in_where):
         spec = FUNCTIONS.get(e.func)
         if spec is None:
             hint = self.suggest(e.func, FUNCTIONS)
             if e.func in self.kinds:
-                raise self.err(f"'{e.func}' is a {self.kinds[e.func]}, not a function", e)
+                raise self.err(f"'{e.func}' is {_a(self.kinds[e.func])}, not a function", e)
             raise self.err(f"unknown function '{e.func}'{hint}", e)
         n = len(e.args)
         if n < spec.min_args or (spec.max_args >= 0 and n > spec.max_args):
             raise self.err(f"{e.func} takes {_arity(spec)}, got {n}: {spec.signature}", e)
+        self._check_keywords(e, spec)
+        if is_reduction(e):
+            return self._infer_reduction(e), "float"
         cat = spec.category
         if cat == "constant":
             dims = tuple(self.const_int(a, f"the size in {e.func}(...)") for a in e.args)
@@ -526,18 +585,6 @@ class _Checker:
             a = self._float(e.args[1])
             b = self._float(e.args[2])
             return self._bcast(self._bcast(cs, a, e, "where"), b, e, "where"), "float"
-        if cat == "reduce":
-            shape = self._float(e.args[0])
-            if n == 2:
-                ax = self.const_int(e.args[1], f"the axis of {e.func}")
-                self.shapes[id(e.args[1])] = ()
-                if not -len(shape) <= ax < len(shape):
-                    raise self.err(f"axis {ax} is out of range for shape {_fmt(shape)}", e.args[1])
-                ax %= len(shape)
-                self.axes[id(e)] = ax
-                return shape[:ax] + shape[ax + 1:], "float"
-            self.axes[id(e)] = None
-            return (), "float"
         shapes = [self._float(a) for a in e.args]
         if cat == "elementwise":
             out = shapes[0]
@@ -574,7 +621,14 @@ class _Checker:
         raise self.err(f"unsupported function {e.func}", e)   # pragma: no cover
 
 
+def _a(kind: str) -> str:
+    """``kind`` with its article: a param, an input."""
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
 def _arity(spec) -> str:
+    if spec.name in ("max", "min"):
+        return "1 or 2 arguments"
     if spec.max_args < 0:
         return f"at least {spec.min_args} argument" + ("s" if spec.min_args != 1 else "")
     if spec.min_args == spec.max_args:
@@ -604,7 +658,7 @@ def _names_in(expr):
         elif isinstance(e, A.Slice):
             stack += [e.start, e.stop, e.step]
         elif isinstance(e, A.Call):
-            stack += list(e.args)
+            stack += list(e.args) + [k.value for k in e.kwargs]
     return out
 
 

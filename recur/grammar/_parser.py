@@ -16,8 +16,8 @@ from ._diag import syntax_error
 
 __all__ = ["parse", "RESERVED", "MAX_DEPTH", "MAX_BRACKETS"]
 
-RESERVED = frozenset("recurrence dim param input state and or not inf t".split())
-_KEYWORDS = frozenset("recurrence dim param input state and or not".split())
+RESERVED = frozenset("recurrence dim param input state output and or not inf t".split())
+_KEYWORDS = frozenset("recurrence dim param input state output and or not".split())
 MAX_DEPTH = 100        # deepest expression accepted (keeps every later pass far from limits)
 MAX_BRACKETS = 60      # deepest bracket nesting accepted
 
@@ -114,6 +114,9 @@ class _Build(Transformer):
     def update_stmt(self, c):
         return A.Update(_check_name(c[0]), c[3], **_pos(c[0]))
 
+    def output_stmt(self, c):
+        return A.Output(_check_name(c[1]), c[3], **_pos(c[1]))
+
     # expressions -----------------------------------------------------------------------
     def number(self, c):
         text = str(c[0])
@@ -135,9 +138,21 @@ class _Build(Transformer):
     def primed(self, c):
         return _mk(A.Primed, str(c[0]), pos=_pos(c[0]))
 
+    def kwarg(self, c):
+        return _mk(A.Keyword, _check_name(c[0]), c[2], pos=_pos(c[0]), children=(c[2],))
+
     def call(self, c):
-        args = tuple(x for x in c[2:-1] if x is not None and not isinstance(x, Token))
-        return _mk(A.Call, str(c[0]), args, pos=_pos(c[0]), children=args)
+        items = [x for x in c[2:-1] if x is not None and not isinstance(x, Token)]
+        args = tuple(x for x in items if not isinstance(x, A.Keyword))
+        kwargs = tuple(x for x in items if isinstance(x, A.Keyword))
+        seen_keyword = False
+        for x in items:
+            if isinstance(x, A.Keyword):
+                seen_keyword = True
+            elif seen_keyword:
+                raise _NodeError("a positional argument cannot follow a keyword argument",
+                                 x.line, x.column)
+        return _mk(A.Call, str(c[0]), args, kwargs, pos=_pos(c[0]), children=items)
 
     def paren(self, c):
         return c[1]
@@ -183,7 +198,7 @@ def _lark() -> Lark:
 _EXPR_START = {"NAME", "NUMBER", "LPAR", "MINUS", "NOT"}
 _OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "AT", "POW", "COMP", "AND", "OR",
               "TRANSPOSE", "LSQB"}
-_STMT_START = {"RECURRENCE", "DIM", "PARAM", "INPUT", "STATE"}
+_STMT_START = {"RECURRENCE", "DIM", "PARAM", "INPUT", "STATE", "OUTPUT"}
 _WORDS = {
     "NAME": "a name", "NUMBER": "a number", "_NL": "end of line", "$END": "end of file",
     "TRANSPOSE": "'.T'", "COMP": "a comparison", "PRIME": '"\'"',

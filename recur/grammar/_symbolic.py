@@ -1,33 +1,22 @@
 r"""The symbolic pass: each definition and update of a ``.rec`` recurrence as a sympy
-expression, and a classification of every state.
+expression, and the classification of every state with its reason.
+
+The classification is structural, on the AST as written (:mod:`._structure`): the code that
+runs is generated from the AST, never from a simplified form (``(h*h - 1)/(h - 1)`` at
+``h = 1`` is NaN, as in NumPy), so the verdict is the one the plan finds on the generated
+step's jaxpr. Sympy informs the reasons only: when sympy's automatic simplification
+(``h + 0*tanh(h)`` is ``h``) or ``sympy.cancel`` (``(h**2 - 1)/(h - 1)`` is ``h + 1`` away
+from ``h = 1``) finds a simpler kind, the reason says so, and that writing the simplified
+form gets that plan.
 
 Expressions are built from the AST, never from text: one ``sympy.Symbol`` per declared
 name (so ``I``, ``N``, ``E``, ``S``, ``Q`` are plain symbols), with elementwise meaning
 (commutative products, NumPy broadcasting). Everything that is not elementwise algebra is
 an opaque, undefined sympy function: elementwise functions (``tanh``, ``sigmoid``, ...,
 comparisons, ``where``), and the shape-sensitive ones (``matmul``, ``transpose``,
-``index``, ``sum``, ``mean``, ``dot``, ``outer``, ``inv``, ``solve``, ``cholesky``,
-``logdet``, ``eye``, ``zeros``, ``ones``). A shape-sensitive application carries, as its
-last argument, a ``Tuple`` with the shapes its arguments had in the file and its result
-shape (and a static extra: the subscript id or the axis), so that code generated from a
-simplified expression can broadcast an argument that simplification shrank
-(``A @ (x - x)``).
-
-Classification of the update ``h' = f(states, inputs, params)`` (locals substituted):
-
-* ``affine``: ``f`` is affine in all states jointly. Structurally: sums keep affinity;
-  a product keeps it when at most one factor reads a state; ``@``/``dot``/``outer`` when at
-  most one side does; ``.T``, indexing, ``sum``, ``mean`` are linear; ``solve(A, b)`` is
-  linear in ``b`` for a state-free ``A``; ``where(c, a, b)`` is affine for a state-free
-  ``c``; any other function of a state breaks it.
-* ``diagonal``: not affine, ``f`` reads only ``h`` and only elementwise (no ``@``, ``sum``,
-  indexing, ``.T`` ... applied to a state), so its Jacobian is diagonal.
-* ``nonlinear``: anything else; the reason names the first term that breaks affinity.
-
-A nonlinear update whose nonlinearity is only rational (products, powers, quotients of
-states) is simplified with ``sympy.cancel`` -- an identity of the elementwise functions
-away from removable singularities -- and keeps the simplified form when that is affine
-(``(h**2 - 1)/(h - 1)`` is ``h + 1``). Code generation uses the form that was classified.
+``index``, the reductions, ``dot``, ``outer``, ``inv``, ``solve``, ``cholesky``,
+``logdet``, ``eye``, ``zeros``, ``ones``), which carry, as their last argument, a ``Tuple``
+with the shapes of their arguments and result (and a static extra: subscript id or axis).
 """
 
 from __future__ import annotations
@@ -40,18 +29,22 @@ import sympy as sp
 
 from . import _ast as A
 from ._check import Checked
+from ._functions import is_reduction
+from ._structure import classify_outputs, classify_states, describe
 
-__all__ = ["Symbolic", "Info", "analyze", "build_symbolic", "dsl_str", "sym_shape",
-           "SHAPED", "LINEAR_OPS", "BILINEAR_OPS", "MATRIX_OPS", "CONSTANT_OPS"]
+__all__ = ["Symbolic", "Info", "analyze", "build_symbolic", "dsl_str", "SHAPED",
+           "LINEAR_OPS", "NONLINEAR_REDUCTIONS", "BILINEAR_OPS", "MATRIX_OPS", "CONSTANT_OPS"]
 
 ELEMENTWISE_OPS = {"abs", "sqrt", "exp", "log", "log1p", "expm1", "sin", "cos", "tan",
                    "tanh", "sigmoid", "softplus", "relu", "max", "min", "clip",
                    "lt", "le", "gt", "ge", "eq", "ne", "and_", "or_", "not_"}
 LINEAR_OPS = {"transpose", "index", "sum", "mean"}
+NONLINEAR_REDUCTIONS = {"logsumexp", "max_over", "min_over"}
 BILINEAR_OPS = {"matmul", "dot", "outer"}
 MATRIX_OPS = {"inv", "cholesky", "logdet"}
 CONSTANT_OPS = {"eye", "zeros", "ones"}
-SHAPED = LINEAR_OPS | BILINEAR_OPS | MATRIX_OPS | CONSTANT_OPS | {"solve"}
+SHAPED = LINEAR_OPS | NONLINEAR_REDUCTIONS | BILINEAR_OPS | MATRIX_OPS | CONSTANT_OPS | {"solve"}
+REDUCE_OPS = {"sum", "mean", "logsumexp", "max_over", "min_over"}
 _CMP = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
 _FUNCS: dict = {}
 
@@ -192,11 +185,12 @@ class _Builder:
             name = e.func
             if name in CONSTANT_OPS:
                 return F(name)(_meta([], chk.const_shapes[id(e)]))
-            if name in ("sum", "mean"):
+            if is_reduction(e):
                 a = self.build(e.args[0])
                 ax = chk.axes[id(e)]
-                return F(name)(a, _meta([self.shape(e.args[0])], self.shape(e),
-                                        -1 if ax is None else ax))
+                op = {"max": "max_over", "min": "min_over"}.get(name, name)
+                return F(op)(a, _meta([self.shape(e.args[0])], self.shape(e),
+                                      -1 if ax is None else ax))
             args = [self.build(x) for x in e.args]
             if name in BILINEAR_OPS or name in MATRIX_OPS or name == "solve":
                 return F(name)(*args, _meta([self.shape(x) for x in e.args], self.shape(e)))
@@ -289,14 +283,6 @@ def _combine(e, infos, states) -> Info:
     return Info(deps, False, False, child_bad.offender if child_bad else e, False)
 
 
-def classify(info: Info, state: str):
-    if info.lin:
-        return "affine"
-    if info.deps <= {state} and info.elem:
-        return "diagonal"
-    return "nonlinear"
-
-
 # ------------------------------------------------------------------------------ printing
 
 class _DSLPrinter(sp.printing.str.StrPrinter):
@@ -328,9 +314,11 @@ class _DSLPrinter(sp.printing.str.StrPrinter):
             return f"({args[0]} {infix[name]} {args[1]})"
         if name == "not_":
             return f"(not {args[0]})"
-        if name in ("sum", "mean"):
+        if name in REDUCE_OPS:
             _, _, ax = meta_of(e)
-            return f"{name}({args[0]}" + ("" if ax < 0 else f", {ax}") + ")"
+            shown = {"max_over": "max", "min_over": "min"}.get(name, name)
+            axis = "" if ax < 0 else (f", axis={ax}" if shown != name else f", {ax}")
+            return f"{shown}({args[0]}{axis})"
         if name in CONSTANT_OPS:
             _, out, _ = meta_of(e)
             return f"{name}({out[0] if name == 'eye' else ', '.join(map(str, out))})"
@@ -370,43 +358,6 @@ def dsl_str(e, subscripts=(), limit: int = 160) -> str:
     return s if len(s) <= limit else s[:limit - 3] + "..."
 
 
-# --------------------------------------------------------------------------------- shapes
-
-def _bshape(shapes):
-    out = ()
-    for s in shapes:
-        n = max(len(out), len(s))
-        a = (1,) * (n - len(out)) + tuple(out)
-        b = (1,) * (n - len(s)) + tuple(s)
-        out = tuple(x if y == 1 else y for x, y in zip(a, b))
-    return out
-
-
-def sym_shape(e, symbol_shapes: dict, memo: dict) -> tuple:
-    """Shape of a (possibly simplified) sympy expression."""
-    stack = [(e, False)]
-    while stack:
-        x, ready = stack.pop()
-        if x in memo:
-            continue
-        name = _fname(x)
-        if name in SHAPED:
-            memo[x] = meta_of(x)[1]
-            continue
-        kids = list(x.args) if isinstance(x, (sp.Add, sp.Mul, sp.Pow)) or name else []
-        if not ready:
-            stack.append((x, True))
-            stack.extend((k, False) for k in kids if k not in memo)
-            continue
-        if isinstance(x, sp.Symbol):
-            memo[x] = tuple(symbol_shapes.get(x.name, ()))
-        elif kids:
-            memo[x] = _bshape([memo[k] for k in kids])
-        else:
-            memo[x] = ()
-    return memo[e]
-
-
 # ---------------------------------------------------------------------------------- result
 
 @dataclass
@@ -414,13 +365,17 @@ class Symbolic:
     """The symbolic view of one checked recurrence."""
     symbols: dict                 # name -> sympy.Symbol (params, inputs, states, t)
     locals: dict                  # local name -> sympy expression (locals substituted)
-    updates: dict                 # state -> sympy expression used (simplified where it helped)
-    raw_updates: dict             # state -> expression before simplification
-    simplified: dict              # state -> True when the simplified form is used
-    classification: dict          # state -> (kind, reason)
+    updates: dict                 # state -> sympy expression (sympy's automatic forms)
+    classification: dict          # state -> (kind, reason): staged, on the AST as written
     reads: dict                   # state -> tuple of states its update reads
-    infos: dict                   # state -> Info
+    stages: list                  # lists of states, in dependency order
+    verdicts: dict                # state -> _structure.Staged
+    output_classification: dict = field(default_factory=dict)   # output -> (kind, reason)
     subscripts: list = field(default_factory=list)
+
+    @property
+    def kinds(self) -> dict:
+        return {s: k for s, (k, _) in self.classification.items()}
 
     def show(self, state: str) -> str:
         return dsl_str(self.updates[state], self.subscripts, limit=10 ** 6)
@@ -451,31 +406,41 @@ def _try_cancel(e):
         return None
 
 
-def _reason(state, kind, info, subscripts, states_order, expr=None):
+_RANK = {"affine": 0, "diagonal": 1, "nonlinear": 2}
+
+
+def _sympy_kind(info: Info, state: str) -> str:
+    if info.lin:
+        return "affine"
+    if info.deps <= {state} and info.elem:
+        return "diagonal"
+    return "nonlinear"
+
+
+def _hint(state: str, kind: str, expr, stage, subscripts) -> str:
+    """A note when sympy finds the update, simplified, of a simpler kind than as written."""
     if kind == "affine":
-        if not info.deps:
-            return f"{state}' does not read the state"
-        names = ", ".join(s for s in states_order if s in info.deps)
-        return f"{state}' is affine in {names}"
-    if kind == "diagonal":
-        through = dsl_str(info.offender, subscripts) if info.offender is not None else "?"
-        return (f"{state}' is nonlinear in {state} through {through}, reading only {state}, "
-                "elementwise")
-    off = info.offender
-    if off is None:
-        return f"{state}' is nonlinear"
-    sub = analyze(off, frozenset(states_order))
-    names = ", ".join(s for s in states_order if s in sub.deps) or "the state"
-    msg = f"{state}' is nonlinear in {names} through {dsl_str(off, subscripts)}"
-    if len(states_order) > 1 and state in info.deps and expr is not None \
-            and analyze(expr, frozenset([state])).lin:
-        others = ", ".join(s for s in states_order if s != state and s in info.deps)
-        msg += f" (affine in {state} when {others} {'is' if ',' not in others else 'are'} held fixed)"
-    return msg
+        return ""
+    states = frozenset(stage)
+    info = analyze(expr, states)
+    if not info.lin and info.rational:
+        cancelled = _try_cancel(expr)
+        if cancelled is not None and cancelled != expr:
+            info2 = analyze(cancelled, states)
+            if _RANK[_sympy_kind(info2, state)] < _RANK[_sympy_kind(info, state)]:
+                expr, info = cancelled, info2
+    simpler = _sympy_kind(info, state)
+    if _RANK[simpler] >= _RANK[kind]:
+        return ""
+    return (f"; sympy simplifies {state}' to {dsl_str(expr, subscripts, 80)}, which is "
+            f"{simpler}, but the formula is evaluated as written (the two differ where a "
+            f"cancelled factor is zero or a term is not finite): write the simpler form for "
+            f"the {simpler} plan")
 
 
 def build_symbolic(chk: Checked) -> Symbolic:
-    """Build sympy expressions for every local and update, and classify every state."""
+    """Sympy expressions for every local and update; every state classified (structurally,
+    staged) with its reason and, where sympy sees further, a hint."""
     symbols = {}
     for table in (chk.params, chk.inputs, chk.states):
         for n in table:
@@ -484,28 +449,14 @@ def build_symbolic(chk: Checked) -> Symbolic:
     b = _Builder(chk, symbols)
     for name, expr in chk.locals.items():
         b.local_exprs[name] = b.build(expr)
-    states = frozenset(chk.states)
+    updates = {s: b.build(e) for s, e in chk.updates.items()}
+    reads, stages, verdicts = classify_states(chk)
     order = list(chk.states)
-    updates, raw, simplified, cls, reads, infos = {}, {}, {}, {}, {}, {}
-    for s, expr in chk.updates.items():
-        e = b.build(expr)
-        raw[s] = e
-        info = analyze(e, states)
-        use = e
-        if not info.lin and info.rational:
-            e2 = _try_cancel(e)
-            if e2 is not None and e2 != e:
-                info2 = analyze(e2, states)
-                better = (info2.lin or (classify(info2, s) == "diagonal"
-                                        and classify(info, s) == "nonlinear"))
-                if better:
-                    use, info = e2, info2
-        updates[s] = use
-        simplified[s] = use is not e
-        kind = classify(info, s)
-        cls[s] = (kind, _reason(s, kind, info, b.subscripts, order, use))
-        reads[s] = tuple(x for x in order if x in info.deps)
-        infos[s] = info
+    cls = {}
+    for s in chk.states:
+        v = verdicts[s]
+        reason = describe(s, v, order, chk)
+        cls[s] = (v.kind, reason + _hint(s, v.kind, updates[s], v.stage, b.subscripts))
     return Symbolic(symbols=symbols, locals=dict(b.local_exprs), updates=updates,
-                    raw_updates=raw, simplified=simplified, classification=cls, reads=reads,
-                    infos=infos, subscripts=b.subscripts)
+                    classification=cls, reads=reads, stages=stages, verdicts=verdicts,
+                    output_classification=classify_outputs(chk), subscripts=b.subscripts)

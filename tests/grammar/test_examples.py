@@ -1,5 +1,5 @@
-"""Every examples/*.rec loads, classifies as its header says, and steps like a hand-written
-reference; generated modules are standalone."""
+"""Every examples/*.rec loads, classifies as its header says, and steps (and emits its
+outputs) like a hand-written reference; generated modules are standalone."""
 
 import pathlib
 import re
@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.special import logsumexp
 
 from recur.grammar import compile_source, load_model
 
@@ -98,7 +99,21 @@ def ref_ema(h, x, p):
     return {"h": a * h["h"] + (1 - a) * x["x"]}
 
 
-REFS = {"gru": ref_gru, "lstm": ref_lstm, "tanh_rnn": ref_tanh_rnn, "logistic": ref_logistic,
+def ref_hmm_forward(h, x, p):
+    return {"alpha": logsumexp(h["alpha"][:, None] + p["logA"], axis=0) + x["logB"]}
+
+
+def ref_viterbi(h, x, p):
+    return {"delta": np.max(h["delta"][:, None] + p["logA"], axis=0) + x["logB"]}
+
+
+REF_OUTPUTS = {
+    "hmm_forward": lambda new: {"loglik": logsumexp(new["alpha"])},
+    "viterbi": lambda new: {"best": np.max(new["delta"])},
+}
+
+REFS = {"hmm_forward": ref_hmm_forward, "viterbi": ref_viterbi, "gru": ref_gru,
+        "lstm": ref_lstm, "tanh_rnn": ref_tanh_rnn, "logistic": ref_logistic,
         "lorenz96": ref_lorenz96, "kalman": ref_kalman, "gated_linear_attention": ref_gla,
         "running_max": ref_running_max, "ema": ref_ema}
 
@@ -116,6 +131,9 @@ def special_params(name, m, rng):
         p["R"] = np.eye(k) * 0.2
     if name == "logistic":
         p["r"] = 3.7
+    if name in ("hmm_forward", "viterbi"):
+        a = rng.uniform(size=m.params["logA"])
+        p["logA"] = np.log(a / a.sum(axis=1, keepdims=True))
     return p
 
 
@@ -145,6 +163,13 @@ def test_example_step_matches_reference(path):
         for k in m.states:
             assert out[k].shape == m.states[k] and out[k].dtype == jnp.float64
             np.testing.assert_allclose(np.asarray(out[k]), ref[k], rtol=1e-10, atol=1e-10)
+        new, ys = jax.jit(m.lax_step)({k: jnp.asarray(v) for k, v in h.items()},
+                                      {k: jnp.asarray(v) for k, v in x.items()} or None, p)
+        ref_ys = REF_OUTPUTS.get(name, lambda new: {})(ref)
+        assert set(ys) == set(m.outputs) == set(ref_ys)
+        for k in ys:
+            assert ys[k].shape == m.outputs[k]
+            np.testing.assert_allclose(np.asarray(ys[k]), ref_ys[k], rtol=1e-10, atol=1e-10)
 
 
 def test_float32_models_under_x64():

@@ -37,8 +37,11 @@ def show(e):
             else:
                 subs.append(show(s))
         return f"{show(e.operand)}[{', '.join(subs)}]"
+    if isinstance(e, A.Primed):
+        return f"{e.name}'"
     if isinstance(e, A.Call):
-        return f"{e.func}({', '.join(show(a) for a in e.args)})"
+        args = [show(a) for a in e.args] + [f"{k.name}={show(k.value)}" for k in e.kwargs]
+        return f"{e.func}({', '.join(args)})"
     raise TypeError(e)
 
 
@@ -70,6 +73,9 @@ def show(e):
     ("where(a <= b, x, y)", "where((a <= b), x, y)"),
     ("where(a > b, x, y)", "where((a > b), x, y)"),
     ("1e-3 + .5 + 2. + 3", "(((1e-3 + .5) + 2.) + 3)"),
+    ("max(x, axis=0) + 1", "(max(x, axis=0) + 1)"),
+    ("logsumexp(a + b, axis=N - 1)", "logsumexp((a + b), axis=(N - 1))"),
+    ("f(a, b, k=c == d)", "f(a, b, k=(c == d))"),
 ])
 def test_precedence(src, tree):
     assert show(expr(src)) == tree
@@ -111,6 +117,32 @@ def test_statements_and_positions():
     assert plus.op == "+" and (plus.line, plus.column) == (8, 12)
 
 
+def test_output_statements_and_keywords():
+    text = ("recurrence r\nstate h[2] = 0\nh' = h\n"
+            "output y = sum(h', axis=0) + h[0]\noutput z = max(\n  h,\n  axis=0)\n")
+    st = parse(text).recurrences[0].statements
+    assert [type(s).__name__ for s in st] == ["DeclStmt", "Update", "Output", "Output"]
+    y = st[2]
+    assert y.name == "y" and (y.line, y.column) == (4, 8)
+    assert show(y.value) == "(sum(h', axis=0) + h[0])"
+    call = y.value.left
+    assert call.kwargs[0].name == "axis" and (call.kwargs[0].line, call.kwargs[0].column) == (4, 20)
+    assert A.unparse(y.value) == "sum(h', axis=0) + h[0]"
+    assert show(st[3].value) == "max(h, axis=0)"
+
+
+@pytest.mark.parametrize("src, back", [
+    ("-x**2", "-x ** 2"), ("(-x)**2", "(-x) ** 2"), ("a - (b - c)", "a - (b - c)"),
+    ("(a - b) - c", "a - b - c"), ("a ** b ** c", "a ** b ** c"),
+    ("(a ** b) ** c", "(a ** b) ** c"),
+    ("x ** -1", "x ** -1"), ("(a + b).T @ M[0, 1:]", "(a + b).T @ M[0, 1:]"),
+    ("where(not a < b, x, y)", "where(not a < b, x, y)"), ("max(x, axis=1)", "max(x, axis=1)"),
+])
+def test_unparse_round_trips(src, back):
+    assert A.unparse(expr(src)) == back
+    assert show(expr(A.unparse(expr(src)))) == show(expr(src))
+
+
 def test_lines_continue_inside_brackets_only():
     parse("recurrence r\nstate h = 0\nh' = max(h,\n  # comment inside\n\n 1)\n")
     parse("recurrence r\nstate h[2] = 0\nh' = h[\n0\n]\n")
@@ -140,6 +172,11 @@ def err(text, filename=None):
     ("recurrence a\nparam W[D, D] b", 2, 15, "expected '=', ',' or end of line"),
     ("recurrence a\nx = 1 2", 2, 7, "expected an operator or end of line"),
     ("recurrence a\nx = (1 +\n", 2, 9, "expected an expression, found end of file"),
+    ("recurrence a\nx = f(axis=0, y)", 2, 15, "a positional argument cannot follow a keyword"),
+    ("recurrence a\nx = f(axis=)", 2, 12, "expected an expression"),
+    ("recurrence a\noutput = 1", 2, 8, "expected a name"),
+    ("recurrence a\nstate output = 0", 2, 7, "'output' is a reserved word"),
+    ("recurrence a\noutput y' = 1", 2, 9, "expected '='"),
     ("recurrence a\nx = a < b < c", 2, 11, "comparisons do not chain"),
     ("recurrence a\nx = dim", 2, 5, "'dim' is a reserved word"),
     ("recurrence a\nx = y.Tz", 2, 6, "unexpected character '.'"),
