@@ -14,7 +14,7 @@ from ._errors import (
     RecurError,
     StepFunctionError,
 )
-from ._info import Info
+from ._info import Info, Reason
 from ._plan import Plan, Stage
 
 __version__ = "0.1.0"
@@ -27,6 +27,7 @@ __all__ = [
     "Info",
     "Plan",
     "PlanError",
+    "Reason",
     "RecurError",
     "Recurrence",
     "Stage",

@@ -209,7 +209,8 @@ def compute_dtype(dtypes: Sequence[Any]) -> np.dtype:
     """The dtype solvers use for leaves of these dtypes: their result type, at least float32
     (bfloat16/float16 accumulate in float32); float32 when none is inexact."""
     inexact = [np.dtype(dt) for dt in dtypes if is_inexact(dt)]
-    dt = np.dtype(jnp.result_type(*inexact)) if inexact else np.dtype(jnp.float32)
+    with jax.numpy_dtype_promotion("standard"):  # mixed precision is the user's choice
+        dt = np.dtype(jnp.result_type(*inexact)) if inexact else np.dtype(jnp.float32)
     if not is_complex(dt) and dt.itemsize < 4:
         dt = np.dtype(jnp.float32)
     return dt

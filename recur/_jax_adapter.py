@@ -7,6 +7,7 @@ rather than the passes.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import jax
@@ -50,6 +51,25 @@ def under_differentiation(values) -> bool:
             v = getattr(v, "primal", getattr(v, "val", None))
             seen += 1
     return False
+
+
+class _QuietCallbackExceptions(logging.Filter):
+    """Drop JAX's log record (with traceback) for exceptions raised on purpose in callbacks."""
+
+    def __init__(self, types):
+        super().__init__()
+        self.types = types
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, self.types)
+
+
+def quiet_callback_exceptions(*types) -> None:
+    """JAX logs every exception raised inside a host callback, with its traceback, before
+    re-raising it; for ``types`` raised on purpose (``on_failure='raise'``) that is noise."""
+    for name in ("jax._src.debugging", "jax._src.callback"):
+        logging.getLogger(name).addFilter(_QuietCallbackExceptions(types))
 
 
 def as_closed(jaxpr: Any) -> ClosedJaxpr:
@@ -100,6 +120,7 @@ __all__ = [
     "is_concrete",
     "is_jaxpr",
     "is_literal",
+    "quiet_callback_exceptions",
     "under_differentiation",
     "sub_jaxprs",
     "literal_value",

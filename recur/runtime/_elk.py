@@ -104,8 +104,8 @@ def _merit(z, fz):
     return jnp.where(jnp.any(~fin & ~_checks.same_nonfinite(z, fz)), jnp.inf, val).astype(rdt)
 
 
-def iterate_elk(f, z0, xs, guess, *, lin: Linearisation, lyapunov: LyapunovEstimate, rtol,
-                atol, max_iters: int, chunk=None):
+def iterate_elk(f, z0, xs, guess, *, lin: Linearisation, lyapunov: LyapunovEstimate,
+                tol: _checks.Tolerances, max_iters: int, chunk=None):
     """ELK: ``(z, iterations, residual, error, converged, reason, λ, history)``."""
     T, n = guess.shape
     dtype = guess.dtype
@@ -118,8 +118,8 @@ def iterate_elk(f, z0, xs, guess, *, lin: Linearisation, lyapunov: LyapunovEstim
         """The forward-error test, only for an iterate that passes the step test."""
         def estimate(_):
             r = jnp.where(jnp.isfinite(fz - z), fz - z, jnp.zeros((), dtype))
-            return _checks.error_test(_linear.solve(form, a, r, zero, chunk=chunk), z, rtol,
-                                      atol)
+            return _checks.error_test(_linear.solve(form, a, r, zero, chunk=chunk), z,
+                                      tol.error_rtol, tol.error_atol)
         return lax.cond(ok_step, estimate,
                         lambda _: (jnp.asarray(jnp.inf, rdt), jnp.asarray(False)), None)
 
@@ -147,7 +147,7 @@ def iterate_elk(f, z0, xs, guess, *, lin: Linearisation, lyapunov: LyapunovEstim
         fz2, raw2, jvp2 = lin.evaluate(Pn, xs)
         a2 = form.sanitize(raw2)
         phi2 = _merit(z_new, fz2)
-        res2, ok_step = _checks.check(z_new, fz2, rtol, atol)
+        res2, ok_step = _checks.check(z_new, fz2, tol.rtol, tol.atol)
         err2, ok_err = certify(z_new, fz2, a2, ok_step)
         ok2 = ok_step & ok_err
         lam2, V2 = lyapunov.update(raw2, jvp2, s["V"], first)

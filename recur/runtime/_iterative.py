@@ -115,7 +115,7 @@ def _real(dtype):
 
 
 def iterate(f: Flat, z0, xs, guess, *, lin: Linearisation, lyapunov: LyapunovEstimate,
-            rtol, atol, max_iters: int, chunk=None):
+            tol: _checks.Tolerances, max_iters: int, chunk=None):
     """The undamped iteration: ``(z, iterations, residual, error, converged, reason, λ,
     history)``."""
     T, n = guess.shape
@@ -149,7 +149,7 @@ def iterate(f: Flat, z0, xs, guess, *, lin: Linearisation, lyapunov: LyapunovEst
         z = jnp.where(jnp.isfinite(s["fz"]) & jnp.isfinite(z), z, s["fz"])
         fz, raw, jvp_all = lin.evaluate(_sharding.shift(z, z0), xs)
         a = form.sanitize(raw)
-        res, ok_step = _checks.check(z, fz, rtol, atol)
+        res, ok_step = _checks.check(z, fz, tol.rtol, tol.atol)
         e = correction(z, fz, a)
         size = _sharding.reduce_max(jnp.max(jnp.abs(e).astype(rdt), initial=0.0))
         if lin.exact:
@@ -158,7 +158,8 @@ def iterate(f: Flat, z0, xs, guess, *, lin: Linearisation, lyapunov: LyapunovEst
             rate = jnp.where((s["k"] >= 0) & jnp.isfinite(s["size"]) & (s["size"] > 0),
                              size / jnp.where(s["size"] > 0, s["size"], 1), 0.0)
             scale = 1 / (1 - jnp.clip(rate, 0.0, _MAX_RATE))
-        err, ok_err = _checks.error_test(e * scale.astype(dtype), z, rtol, atol)
+        err, ok_err = _checks.error_test(e * scale.astype(dtype), z, tol.error_rtol,
+                                         tol.error_atol)
         lam, V = lyapunov.update(raw, jvp_all, s["V"], s["k"] < 0)
         k = s["k"] + 1
         ok = ok_step & ok_err
@@ -229,8 +230,9 @@ def _from_aux(aux) -> StageStats:
 
 
 def solve_nonlinear(f: Flat, z0, xs, *, method: str, structure: Structure, length: int,
-                    rtol, atol, max_iters=None, init=None, jacobian=None, window=None,
-                    lyapunov: bool = True, chunk=None, fallback: bool = False):
+                    rtol=None, atol=None, max_iters=None, init=None, jacobian=None,
+                    window=None, lyapunov: bool = True, chunk=None, fallback: bool = False,
+                    tolerances: _checks.Tolerances | None = None):
     """All ``T = length`` states of ``z_t = f(z_{t-1}, x_t)``, ``z_{-1} = z0``, in parallel.
 
     Args:
@@ -240,7 +242,8 @@ def solve_nonlinear(f: Flat, z0, xs, *, method: str, structure: Structure, lengt
       xs: pytree of arrays with leading axis ``length``, or ``None``.
       method: an iterative method of the registry (``recur/_methods.py``).
       structure: the (sound) Jacobian structure from ``passes._structure``.
-      rtol, atol: tolerances (scalars or ``(n,)``, ``_checks.py``).
+      rtol, atol: tolerances of both tests (scalars or ``(n,)``, ``_checks.py``), or
+        ``tolerances``: a ``_checks.Tolerances`` with the step and error tests' own.
       max_iters: most corrections (window sweeps); default from the registry, never above
         ``T`` (windows: ``_windows.default_sweeps``).
       init: optional ``(length, n)`` initial guess; default ``z̃_t = f(z0, x_t)``.
@@ -256,6 +259,7 @@ def solve_nonlinear(f: Flat, z0, xs, *, method: str, structure: Structure, lengt
       ``history`` the residual after each iteration (window: the window's residual per
       sweep), NaN past the last.
     """
+    tol = tolerances if tolerances is not None else _checks.Tolerances.uniform(rtol, atol)
     m = _methods.get(method)
     if not m.iterative:
         raise PlanError(f"{method!r} is not an iterative method")
@@ -302,7 +306,7 @@ def solve_nonlinear(f: Flat, z0, xs, *, method: str, structure: Structure, lengt
         return zs - map_steps(f, _sharding.shift(zs, z0), xs)
 
     def solve(_F, guess):
-        kw = dict(lin=lin, rtol=rtol, atol=atol, max_iters=max_iters, chunk=chunk)
+        kw = dict(lin=lin, tol=tol, max_iters=max_iters, chunk=chunk)
         if window is not None:
             from ._windows import iterate_windowed
             zs, its, res, err, ok, reason, hist = iterate_windowed(f, z0, xs, guess,

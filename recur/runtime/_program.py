@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import logging
 from typing import Any
 
 import jax
@@ -135,17 +134,7 @@ def run_plan(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_le
 
 # ----------------------------------------------------------------------------- raising
 
-class _QuietConvergenceError(logging.Filter):
-    """JAX logs every exception raised inside a host callback with its traceback before
-    re-raising it; a ConvergenceError asked for with on_failure='raise' is not a crash."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, ConvergenceError)
-
-
-for _name in ("jax._src.debugging", "jax._src.callback"):
-    logging.getLogger(_name).addFilter(_QuietConvergenceError())
+jx.quiet_callback_exceptions(ConvergenceError)
 
 
 def _raise_at_run_time(ok, res, method: str) -> None:

@@ -79,10 +79,11 @@ Numerics
 --------
 Everything is accumulated in at least float32 (complex64): bfloat16 / float16 inputs
 are upcast, the result is cast back to ``result_type(a, b, h0)``.  The results equal
-the sequential loop up to rounding (the summaries reassociate the products).  Products
-of gates over one chunk can overflow to ``inf`` where the sequential loop would not,
-if the carried state is exactly zero (``inf * 0``); with contractive or moderately
-expansive gates and the default CPU policy this cannot happen.
+the sequential loop up to rounding (the summaries reassociate the products).  The
+products of coefficients over a chunk (its summary) are kept as ``M · 2^e`` with an integer
+exponent (``structures`` below), so a product that leaves the floating-point range --
+``5^64`` in float32 on the accelerator chunk of 64 -- does not overflow where the loop's
+state stays finite.
 
 Differentiation
 ---------------
@@ -170,18 +171,74 @@ def _dtypes(*xs):
 
 
 # ----------------------------------------------------------------------------- structures
-# A "structure" is the pair of operations the kernel needs:
-#   apply(A, h)   -> A h        (one step on a state)
-#   compose(A, P) -> A P        (product of two transition factors)
-#   eye(shape_of_A, dtype)      (identity factor, used for padding and initial products)
-#   transpose(A)                (for the adjoint recurrence)
+# A "structure" is what the kernel needs of the coefficients:
+#   apply(A, h)   -> A h         (one step on a state)
+#   lift(A)       -> A as a scaled product (below)
+#   mul(A, P)     -> A P         (A in this representation, P a scaled product)
+#   eye(like A)                  (identity factor, for padding)
+#   scaled        the structure of scaled products (the combine level's coefficients)
+#
+# Products of many coefficients (a chunk's summary) are kept *scaled*: a pair
+# ``(M, e)`` meaning ``M · 2^e`` with an integer exponent ``e`` per diagonal entry (per block
+# for blocks) and ``M`` renormalised after every product, so a product that overflows or
+# underflows in floating point -- ``5^64`` in float32 -- is still exact to rounding, and
+# applying it to a state the loop keeps finite (``5^64 · 1e-33``) gives a finite result:
+# ``ldexp(M h, e)``.  Single-step coefficients stay plain arrays.
+
+def _ldexp(x, e):
+    if jnp.iscomplexobj(x):
+        return lax.complex(jnp.ldexp(jnp.real(x), e), jnp.ldexp(jnp.imag(x), e))
+    return jnp.ldexp(x, e)
+
+
+def _exponent(mag):
+    """``e`` with ``mag = m 2^e``, ``0.5 <= m < 1`` (0 for zero and non-finite ``mag``)."""
+    _, e = jnp.frexp(jnp.where(jnp.isfinite(mag), mag, 0))
+    return e.astype(jnp.int32)
+
+
+def _tmap(fn, *trees):
+    return jax.tree.map(fn, *trees)
+
+
+class _DiagScaled:
+    @staticmethod
+    def apply(A, h):
+        m, e = A
+        return _ldexp(m * h, e)
+
+    @staticmethod
+    def normalise(m, e):
+        d = _exponent(jnp.abs(m))
+        return _ldexp(m, -d), e + d
+
+    @staticmethod
+    def lift(A):
+        return A
+
+    @classmethod
+    def mul(cls, A, P):
+        return cls.normalise(A[0] * P[0], A[1] + P[1])
+
+    @staticmethod
+    def eye(shape, dtype):
+        return jnp.ones(shape, dtype), jnp.zeros(shape, jnp.int32)
+
 
 class _Diag:
+    scaled = _DiagScaled
+
     @staticmethod
     def apply(A, h):
         return A * h
 
-    compose = apply
+    @staticmethod
+    def lift(A):
+        return _DiagScaled.normalise(A, jnp.zeros(A.shape, jnp.int32))
+
+    @staticmethod
+    def mul(A, P):
+        return _DiagScaled.normalise(A * P[0], P[1])
 
     @staticmethod
     def eye(shape, dtype):
@@ -192,16 +249,59 @@ class _Diag:
         return A
 
 
-class _Block:
+_DiagScaled.scaled = _DiagScaled
+
+
+def _matvec(A, h):
+    # Broadcast-multiply-sum inside the sequential loop: exact float32 on every backend (no
+    # TF32/bf16 passes) and, measured on CPU (benchmarks/affine.py), as fast as a batched dot
+    # for k <= 32 there; the batched products over all steps use einsum (_coefficients.py).
+    return jnp.sum(A * h[..., None, :], axis=-1)
+
+
+def _matmul(A, P):
+    return jnp.einsum("...ij,...jk->...ik", A, P, precision=_HIGHEST)
+
+
+class _BlockScaled:
     @staticmethod
     def apply(A, h):
-        # Broadcast-multiply-sum: exact float32 on every backend (no TF32/bf16 passes) and,
-        # measured on CPU, as fast or faster than a (batched) dot for k <= 32.
-        return jnp.sum(A * h[..., None, :], axis=-1)
+        m, e = A
+        return _ldexp(_matvec(m, h), e[..., None])
 
     @staticmethod
-    def compose(A, P):
-        return jnp.einsum("...ij,...jk->...ik", A, P, precision=_HIGHEST)
+    def normalise(m, e):
+        d = _exponent(jnp.max(jnp.abs(m), axis=(-2, -1)))
+        return _ldexp(m, -d[..., None, None]), e + d
+
+    @staticmethod
+    def lift(A):
+        return A
+
+    @classmethod
+    def mul(cls, A, P):
+        return cls.normalise(_matmul(A[0], P[0]), A[1] + P[1])
+
+    @staticmethod
+    def eye(shape, dtype):
+        return (jnp.broadcast_to(jnp.eye(shape[-1], dtype=dtype), shape),
+                jnp.zeros(shape[:-2], jnp.int32))
+
+
+class _Block:
+    scaled = _BlockScaled
+
+    @staticmethod
+    def apply(A, h):
+        return _matvec(A, h)
+
+    @staticmethod
+    def lift(A):
+        return _BlockScaled.normalise(A, jnp.zeros(A.shape[:-2], jnp.int32))
+
+    @staticmethod
+    def mul(A, P):
+        return _BlockScaled.normalise(_matmul(A, P[0]), P[1])
 
     @staticmethod
     def eye(shape, dtype):
@@ -210,6 +310,20 @@ class _Block:
     @staticmethod
     def transpose(A):
         return jnp.swapaxes(A, -1, -2)
+
+
+_BlockScaled.scaled = _BlockScaled
+
+
+def _coeff_shape(A):
+    return jax.tree.leaves(A)[0].shape
+
+
+def _pad_eye(S, A, pad):
+    """``A`` with ``pad`` identity steps appended along time."""
+    m = jax.tree.leaves(A)[0]
+    eye = S.eye((pad,) + m.shape[1:], m.dtype)
+    return _tmap(lambda x, y: jnp.concatenate([x, y]), A, eye)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -228,40 +342,47 @@ def _sequential(S, a, b, h0, reverse):
 
 def _reduce_chunks(S, a3, b3, reverse, unroll):
     """Summaries ``(P_c, S_c)`` of the chunks ``a3, b3`` (shape ``(C, L, ...)``): one
-    ``lax.scan`` over the ``L`` positions, vectorised over the chunks."""
+    ``lax.scan`` over the ``L`` positions, vectorised over the chunks; ``P_c`` scaled."""
     L = b3.shape[1]
     positions = jnp.arange(L)
     first = L - 1 if reverse else 0
-    P0, S0 = a3[:, first], b3[:, first]
+    P0, S0 = S.lift(_tmap(lambda x: x[:, first], a3)), b3[:, first]
     rest = positions[:-1] if reverse else positions[1:]
 
     def reduce_step(carry, l):
         P, Sm = carry
-        at = lax.dynamic_index_in_dim(a3, l, axis=1, keepdims=False)
+        at = _tmap(lambda x: lax.dynamic_index_in_dim(x, l, axis=1, keepdims=False), a3)
         bt = lax.dynamic_index_in_dim(b3, l, axis=1, keepdims=False)
-        return (S.compose(at, P), S.apply(at, Sm) + bt), None
+        return (S.mul(at, P), S.apply(at, Sm) + bt), None
 
     (P, Sm), _ = lax.scan(reduce_step, (P0, S0), rest, reverse=reverse, unroll=unroll)
     return P, Sm
 
 
-def _summary(S, a, b, reverse, chunk):
-    """The composition ``(P, S)`` of all ``T`` steps (one affine map), by the reduce pass of
-    the chunked scheme applied recursively (a plain fold when ``chunk >= T``)."""
+def _split_chunks(S, a, b, L):
+    """``(a3, b3, pad)``: time cut into ``C = ceil(T / L)`` chunks of ``L`` steps, the last
+    padded with identity steps (which leave the state unchanged in either direction)."""
     T = b.shape[0]
-    L = _resolve_chunk(T, chunk)
-    if L >= T:
-        L = T
     C = -(-T // L)
     pad = C * L - T
     if pad:
-        a = jnp.concatenate([a, S.eye((pad,) + a.shape[1:], a.dtype)])
+        a = _pad_eye(S, a, pad)
         b = jnp.concatenate([b, jnp.zeros((pad,) + b.shape[1:], b.dtype)])
-    P, Sm = _reduce_chunks(S, a.reshape((C, L) + a.shape[1:]), b.reshape((C, L) + b.shape[1:]),
-                           reverse, _unroll(L))
-    if C == 1:
-        return P[0], Sm[0]
-    return _summary(S, P, Sm, reverse, None)
+    a3 = _tmap(lambda x: x.reshape((C, L) + x.shape[1:]), a)
+    return a3, b.reshape((C, L) + b.shape[1:]), pad
+
+
+def _summary(S, a, b, reverse, chunk):
+    """The composition ``(P, S)`` of all ``T`` steps (one affine map, ``P`` scaled), by the
+    reduce pass of the chunked scheme applied recursively (a plain fold when
+    ``chunk >= T``)."""
+    T = b.shape[0]
+    L = min(_resolve_chunk(T, chunk), T)
+    a3, b3, _ = _split_chunks(S, a, b, L)
+    P, Sm = _reduce_chunks(S, a3, b3, reverse, _unroll(L))
+    if b3.shape[0] == 1:
+        return _tmap(lambda x: x[0], P), Sm[0]
+    return _summary(S.scaled, P, Sm, reverse, None)
 
 
 def _sharded_kernel(S, a, b, h0, reverse, chunk):
@@ -270,8 +391,8 @@ def _sharded_kernel(S, a, b, h0, reverse, chunk):
     and the local scan from the state entering this device's piece."""
     ax = _sharding.current()
     P_loc, S_loc = _summary(S, a, b, reverse, chunk)
-    Ps, Ss = _sharding.gather(P_loc), _sharding.gather(S_loc)
-    H = _sequential(S, Ps, Ss, h0, reverse)        # state after each piece
+    Ps, Ss = _tmap(_sharding.gather, P_loc), _sharding.gather(S_loc)
+    H = _sequential(S.scaled, Ps, Ss, h0, reverse)        # state after each piece
     p = _sharding.position(ax)
     if reverse:
         h_in = jnp.where(p == ax.size - 1, h0, _sharding.pick(H, jnp.minimum(p + 1, ax.size - 1)))
@@ -289,24 +410,19 @@ def _kernel(S, a, b, h0, reverse, chunk):
     if L >= T or T == 1:
         return _sequential(S, a, b, h0, reverse)
 
-    C = -(-T // L)
-    pad = C * L - T
-    if pad:  # identity steps at the end: they do not change the state in either direction
-        a = jnp.concatenate([a, S.eye((pad,) + a.shape[1:], a.dtype)])
-        b = jnp.concatenate([b, jnp.zeros((pad,) + b.shape[1:], b.dtype)])
-    a3 = a.reshape((C, L) + a.shape[1:])
-    b3 = b.reshape((C, L) + b.shape[1:])
+    a3, b3, pad = _split_chunks(S, a, b, L)
+    C = b3.shape[0]
     unroll = _unroll(L)
     positions = jnp.arange(L)
 
     def at_pos(x, l):  # position l of every chunk: (C, ...)
         return lax.dynamic_index_in_dim(x, l, axis=1, keepdims=False)
 
-    # 1. reduce: per-chunk summaries (P_c, S_c)
+    # 1. reduce: per-chunk summaries (P_c, S_c), P_c scaled
     P, Sm = _reduce_chunks(S, a3, b3, reverse, unroll)
 
     # 2. combine: state after each chunk, then the state entering each chunk
-    H = _kernel(S, P, Sm, h0, reverse, None)
+    H = _kernel(S.scaled, P, Sm, h0, reverse, None)
     if reverse:
         H_in = jnp.concatenate([H[1:], h0[None]])
     else:
@@ -315,7 +431,7 @@ def _kernel(S, a, b, h0, reverse, chunk):
     # 3. rescan every chunk from its carried-in state, writing the output in place
     def rescan_step(carry, l):
         h, out = carry
-        h = S.apply(at_pos(a3, l), h) + at_pos(b3, l)
+        h = S.apply(_tmap(lambda x: at_pos(x, l), a3), h) + at_pos(b3, l)
         out = lax.dynamic_update_index_in_dim(out, h, l, axis=1)
         return (h, out), None
 

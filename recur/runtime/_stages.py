@@ -136,7 +136,7 @@ def run_stage(stage: StageRun, step, hs, h0, xs, p, T, options, *, init=None, ja
             reason=Reason.SEQUENTIAL, evaluations=T_all)
     f_s, z0, xs_s = stage.flat(step, hs, h0, xs, p)
     rdt = _real(z0.dtype)
-    rtol, atol = stage.tolerances(options)
+    tol = stage.tolerances(options)
     on_failure = options.get("on_failure", "sequential")
     chunk = options.get("chunk")
     check = options.get("check", True)
@@ -144,14 +144,14 @@ def run_stage(stage: StageRun, step, hs, h0, xs, p, T, options, *, init=None, ja
         guess = None if init is None else stage.view.gather(init, lead=(T,))
         zs, st, _ = solve_nonlinear(
             f_s, z0, xs_s, method=stage.method.name, structure=stage.data.structure,
-            length=T, rtol=rtol, atol=atol, max_iters=options.get("max_iters"), init=guess,
+            length=T, tolerances=tol, max_iters=options.get("max_iters"), init=guess,
             jacobian=jacobian, window=options.get("window"),
             lyapunov=bool(options.get("lyapunov", True)), chunk=chunk,
             fallback=on_failure == "sequential")
     else:  # scan
         zs = solve_affine(f_s, z0, xs_s, stage.data.structure, T, chunk=chunk)
         if check:
-            res, ok = _checks.residual(f_s, z0, zs, xs_s, rtol=rtol, atol=atol)
+            res, ok = _checks.residual(f_s, z0, zs, xs_s, rtol=tol.rtol, atol=tol.atol)
             fell_back = jnp.asarray(False)
             if on_failure == "sequential":
                 zs = _checks.with_fallback(zs, ok, lambda: sequential_scan(f_s, z0, xs_s,
@@ -184,16 +184,16 @@ def whole_step_check(ir: StepIR, step, hs, h0, xs, p, options):
         if leaf.exact:
             if is_key(leaf.dtype):
                 z, f = jax.random.key_data(z), jax.random.key_data(f)
-            same = jnp.reshape(z == f, (T, leaf.size))
+            same = jnp.reshape(z == f, (T, -1))  # T > 0: the loop runs T = 0 plans
             valid = _sharding.valid_steps(T)
             if valid is not None:
                 same = same | ~valid[:, None]
             oks.append(~_sharding.reduce_any(jnp.any(~same)))
             continue
-        rtol, atol = _checks.element_tolerances([leaf.dtype], [leaf.size],
-                                                options.get("rtol"), options.get("atol"))
+        tol = _checks.element_tolerances([leaf.dtype], [leaf.size], options.get("rtol"),
+                                         options.get("atol"))
         res, ok = _checks.check(jnp.reshape(z, (T, leaf.size)), jnp.reshape(f, (T, leaf.size)),
-                                rtol, atol)
+                                tol.rtol, tol.atol)
         oks.append(ok)
         residuals.append(res.astype(jnp.float64 if jax.config.jax_enable_x64 else
                                     jnp.float32))

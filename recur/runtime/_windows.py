@@ -48,8 +48,8 @@ def default_sweeps(T: int, W: int) -> int:
     return T + -(-T // max(W, 1)) + 1
 
 
-def iterate_windowed(f, z0, xs, guess, *, lin: Linearisation, window: int, rtol, atol,
-                     max_iters: int, chunk=None):
+def iterate_windowed(f, z0, xs, guess, *, lin: Linearisation, window: int,
+                     tol: _checks.Tolerances, max_iters: int, chunk=None):
     """``(z, iterations, residual, error, converged, reason, history)``."""
     T, n = guess.shape
     W = int(window)
@@ -80,7 +80,7 @@ def iterate_windowed(f, z0, xs, guess, *, lin: Linearisation, window: int, rtol,
         P = jnp.concatenate([prev[None], zw[:-1]], axis=0)
         fz, a, _ = lin.evaluate(P, slice_xs(w0))
         a = form.sanitize(a)
-        bad, fin, nonfinite = _checks.step_test(zw, fz, rtol, atol)
+        bad, fin, nonfinite = _checks.step_test(zw, fz, tol.rtol, tol.atol)
         r = jnp.where(jnp.isfinite(fz - zw), fz - zw, jnp.zeros((), dtype))
         e = _linear.solve(form, a, r, e_prev, chunk=chunk)
         step_bad = jnp.any(bad, axis=-1) & (idx >= start - w0)
@@ -107,7 +107,7 @@ def iterate_windowed(f, z0, xs, guess, *, lin: Linearisation, window: int, rtol,
 
     def full_residual(z):
         fz = map_steps(f, _sharding.shift(z, z0), xs)
-        return _checks.check(z, fz, rtol, atol)[0]
+        return _checks.check(z, fz, tol.rtol, tol.atol)[0]
 
     res = lax.cond(ok, lambda z: s["res"], full_residual, s["z"])
     reason = jnp.where(ok, Reason.CONVERGED,
