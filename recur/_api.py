@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _jax_adapter as jx
+from . import _trace_cache
 from ._errors import PlanError
 from ._info import Info
 from ._plan import Plan
@@ -49,7 +50,7 @@ _KNOWN_CONST_SIZE = 1 << 16
 
 def _as_arrays(tree: Any) -> Any:
     def conv(v):
-        return v if hasattr(v, "shape") and hasattr(v, "dtype") else jnp.asarray(v)
+        return v if isinstance(v, jax.Array) else jnp.asarray(v)
     return jax.tree_util.tree_map(conv, tree)
 
 
@@ -114,6 +115,27 @@ def _avals(tree) -> tuple:
                  for v in jax.tree_util.tree_leaves(tree))
 
 
+def _signature(h0, xs, params, length, reverse) -> tuple:
+    """What tracing reads of the arguments: structures, shapes, dtypes, weak types."""
+    def spec(tree):
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        return treedef, tuple((type(v).__name__, tuple(np.shape(v)),
+                               str(getattr(v, "dtype", "")), bool(getattr(v, "weak_type", False)))
+                              for v in leaves)
+    return (spec(h0), xs is None, spec(xs), params is None, spec(params), length, bool(reverse))
+
+
+def _trace(fn, h0, xs, params, length, reverse):
+    """``trace_step``, through the trace cache (``_trace_cache.py``)."""
+    try:
+        signature = _signature(h0, xs, params, length, reverse)
+        hash(signature)
+    except TypeError:  # an unhashable structure: trace afresh
+        return trace_step(fn, h0, xs, params, length=length, reverse=reverse)
+    return _trace_cache.cached_trace(
+        fn, signature, lambda: trace_step(fn, h0, xs, params, length=length, reverse=reverse))
+
+
 def _frozen(method) -> Any:
     return tuple(sorted(method.items())) if isinstance(method, dict) else method
 
@@ -157,7 +179,7 @@ def plan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
     arrays or ``jax.ShapeDtypeStruct``s).  With concrete arrays the claims are probed at
     those values and, for a step that is not affine, the plan notes the largest Lyapunov
     exponent along the sequential trajectory of those values (one run of the loop)."""
-    ir = trace_step(fn, h0, xs, params, length=length, reverse=reverse)
+    ir = _trace(fn, h0, xs, params, length, reverse)
     options = _for_grad(options, (h0, xs, params))
     concrete = _all_arrays((h0, xs, params))
     values = values_of(ir, _as_arrays(h0), None if xs is None else _as_arrays(xs),
@@ -188,7 +210,7 @@ def scan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
          **options: Any) -> Any | tuple[Any, Info]:
     """All ``T`` states of ``h_t = fn(h_{t-1}, xs[t][, params])``, stacked along a leading
     axis; with ``return_info=True`` also an ``Info`` of what ran."""
-    ir = trace_step(fn, h0, xs, params, length=length, reverse=reverse)
+    ir = _trace(fn, h0, xs, params, length, reverse)
     h0 = _as_arrays(h0)
     xs = None if xs is None else _as_arrays(xs)
     params = None if params is None else _as_arrays(params)
@@ -204,7 +226,7 @@ def scan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
     if note:
         the_plan = dataclasses.replace(the_plan, notes=the_plan.notes + (note,))
     hs, info = execute(the_plan, h0, xs, params, init=options.get("init"),
-                       jacobian=options.get("jacobian"))
+                       jacobian=options.get("jacobian"), details=return_info)
     return (hs, info) if return_info else hs
 
 

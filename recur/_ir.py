@@ -19,6 +19,7 @@ computed exactly, by the loop, as leaves.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._dtypes import dtype_name, is_complex, is_inexact
-from ._jax_adapter import ClosedJaxpr, eval_jaxpr
+from ._jax_adapter import ClosedJaxpr, as_closed, eval_jaxpr, is_jaxpr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,16 @@ class LeafInfo:
 
     def describe(self) -> str:
         return f"{dtype_name(self.dtype)}{list(self.shape)}"
+
+
+def _callables(jaxpr, out: list) -> None:
+    for eqn in jaxpr.eqns:
+        for value in eqn.params.values():
+            for sub in (value if isinstance(value, (tuple, list)) else (value,)):
+                if is_jaxpr(sub):
+                    _callables(as_closed(sub).jaxpr, out)
+                elif callable(sub) and not isinstance(sub, type):
+                    out.append(sub)
 
 
 def call_step(fn, h, x, params, has_params: bool):
@@ -85,6 +96,15 @@ class StepIR:
     @property
     def n_state(self) -> int:
         return sum(leaf.size for leaf in self.state)
+
+    @functools.cached_property
+    def key(self) -> tuple:
+        """What identifies the traced step: its jaxpr's text, the Python callables in its
+        parameters (custom rules), the pytree structures, direction and length."""
+        found: list = []
+        _callables(self.jaxpr.jaxpr, found)
+        return (str(self.jaxpr.jaxpr), tuple(found), self.state_treedef, self.input_treedef,
+                self.param_treedef, self.reverse, self.length)
 
     @property
     def offsets(self) -> tuple[int, ...]:

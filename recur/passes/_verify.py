@@ -30,6 +30,7 @@ probed, and their claims are not used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -69,14 +70,12 @@ def _random(rng: np.random.Generator, shape, dtype, kind: str = "normal") -> Any
     return np.asarray(real, dtype=np.float32 if dtype.itemsize < 4 else dtype)
 
 
-@dataclasses.dataclass(frozen=True)
 class Values:
-    """Concrete ``h0``, per-step inputs at a few steps, and params (leaves)."""
+    """Concrete ``h0``, ``xs`` and params as given; the leaves a probe needs (``h0``, the
+    inputs at a few steps, params) are taken only when a plan is made, not on every call."""
 
-    h0: list
-    x_steps: list  # list of x-leaf lists
-    params: list
-    trees: tuple = ()  # (h0, xs, params) as given
+    def __init__(self, ir: StepIR, h0, xs, params):
+        self.ir, self.trees = ir, (h0, xs, params)
 
     @property
     def h0_tree(self):
@@ -90,19 +89,28 @@ class Values:
     def params_tree(self):
         return self.trees[2]
 
+    @functools.cached_property
+    def h0(self) -> list:
+        return [jnp.asarray(v) for v in jax.tree_util.tree_leaves(self.trees[0])]
+
+    @functools.cached_property
+    def params(self) -> list:
+        return [jnp.asarray(v) for v in jax.tree_util.tree_leaves(self.trees[2])]
+
+    @functools.cached_property
+    def x_steps(self) -> list:
+        x = [] if self.trees[1] is None else jax.tree_util.tree_leaves(self.trees[1])
+        T = self.ir.length
+        return [[jnp.asarray(v)[t] for v in x] for t in sorted({0, T // 2, T - 1})]
+
 
 def values_of(ir: StepIR, h0, xs, params) -> Values | None:
     """The actual values to probe at, when every one is concrete (else None)."""
-    h = jax.tree_util.tree_leaves(h0)
-    x = [] if xs is None else jax.tree_util.tree_leaves(xs)
-    p = jax.tree_util.tree_leaves(params)
-    if not all(jx.is_concrete(v) for v in (*h, *x, *p)) or ir.length == 0:
+    leaves = (*jax.tree_util.tree_leaves(h0), *jax.tree_util.tree_leaves(xs),
+              *jax.tree_util.tree_leaves(params))
+    if ir.length == 0 or not all(jx.is_concrete(v) for v in leaves):
         return None
-    T = ir.length
-    steps = sorted({0, T // 2, T - 1})
-    return Values(h0=[jnp.asarray(v) for v in h],
-                  x_steps=[[jnp.asarray(v)[t] for v in x] for t in steps],
-                  params=[jnp.asarray(v) for v in p], trees=(h0, xs, params))
+    return Values(ir, h0, xs, params)
 
 
 class _Probe:

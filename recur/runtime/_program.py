@@ -46,11 +46,11 @@ def _info(method: str, stats: StageStats, nonfinite) -> Info:
                 first_nonfinite=nonfinite)
 
 
-def _run(plan: Plan, in_trace: bool, user_jacobian, axis, h_leaves, x_leaves, p_leaves, consts,
-         init_leaves):
+def _run(plan: Plan, in_trace: bool, user_jacobian, axis, details: bool, h_leaves, x_leaves,
+         p_leaves, consts, init_leaves):
     with _sharding.along(axis):
         return run_plan(plan, in_trace, user_jacobian, h_leaves, x_leaves, p_leaves, consts,
-                        init_leaves)
+                        init_leaves, details)
 
 
 def _user_jacobian(plan: Plan, user_jacobian, stage: StageRun, p_leaves):
@@ -79,7 +79,9 @@ def _user_jacobian(plan: Plan, user_jacobian, stage: StageRun, p_leaves):
 
 
 def run_plan(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_leaves, consts,
-             init_leaves):
+             init_leaves, details: bool = True):
+    """The plan's trajectory and ``Info``; ``details=False`` skips what only a returned
+    ``Info`` reports (the search for the first non-finite state)."""
     ir = plan.ir
     options = plan.option_dict
     T = ir.length if _sharding.current() is None else _sharding.current().local
@@ -126,7 +128,7 @@ def run_plan(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_le
                 converged=stats.converged & ok, fell_back=stats.fell_back | fell_back,
                 reason=jnp.where(ok, stats.reason, Reason.WHOLE_STEP).astype(jnp.int32),
                 evaluations=stats.evaluations + T_all + jnp.where(fell_back, T_all, 0))
-    nonfinite = first_nonfinite(ir, hs, ir.reverse)
+    nonfinite = first_nonfinite(ir, hs, ir.reverse) if details else jnp.asarray(-1, jnp.int32)
     if ir.reverse:
         hs = [jnp.flip(v, 0) for v in hs]
     return list(hs), _info(plan.method, stats, nonfinite)
@@ -151,17 +153,6 @@ def _raise_at_run_time(ok, res, method: str) -> None:
 
 # ----------------------------------------------------------------------------- caching
 
-def _callables(jaxpr, out: list) -> None:
-    for eqn in jaxpr.eqns:
-        for value in eqn.params.values():
-            subs = value if isinstance(value, (tuple, list)) else (value,)
-            for sub in subs:
-                if jx.is_jaxpr(sub):
-                    _callables(jx.as_closed(sub).jaxpr, out)
-                elif callable(sub) and not isinstance(sub, type):
-                    out.append(sub)
-
-
 def _avals(leaves) -> tuple:
     return tuple((tuple(np.shape(v)), str(jax.typeof(v).dtype) if hasattr(jax, "typeof")
                   else str(jnp.result_type(v)), bool(getattr(v, "weak_type", False)))
@@ -169,11 +160,8 @@ def _avals(leaves) -> tuple:
 
 
 def step_key(ir) -> tuple:
-    """What identifies the traced step: its jaxpr's text and the Python callables in it."""
-    found: list = []
-    _callables(ir.jaxpr.jaxpr, found)
-    return (str(ir.jaxpr.jaxpr), tuple(found), ir.state_treedef, ir.input_treedef,
-            ir.param_treedef, ir.reverse, ir.length)
+    """What identifies the traced step (``StepIR.key``, computed once per trace)."""
+    return ir.key
 
 
 def program_key(plan: Plan, leaves, in_trace: bool) -> tuple:
@@ -189,8 +177,8 @@ def _place(v, mesh, spec):
     return jax.reshard(v, sharding) if explicit else jax.lax.with_sharding_constraint(v, sharding)
 
 
-def _sharded_program(plan: Plan, in_trace: bool, jacobian, n_h: int, n_x: int, n_p: int,
-                     n_c: int, has_init: bool):
+def _sharded_program(plan: Plan, in_trace: bool, jacobian, details: bool, n_h: int, n_x: int,
+                     n_p: int, n_c: int, has_init: bool):
     """``_run`` inside ``shard_map`` over the plan's mesh axis (``runtime/_sharding.py``):
     inputs padded to ``D L`` steps (at the end of the processing order) and sharded along
     time, parameters and closed-over arrays replicated, states returned sharded along
@@ -202,7 +190,8 @@ def _sharded_program(plan: Plan, in_trace: bool, jacobian, n_h: int, n_x: int, n
     along_t, rep = jax.sharding.PartitionSpec(lay.axis_name), jax.sharding.PartitionSpec()
 
     def body(h, x, p, c, *init):
-        return _run(plan, in_trace, jacobian, axis, h, x, p, c, init[0] if init else None)
+        return _run(plan, in_trace, jacobian, axis, details, h, x, p, c,
+                    init[0] if init else None)
 
     in_specs = ([rep] * n_h, [along_t] * n_x, [rep] * n_p, [rep] * n_c) + \
         (([along_t] * n_h,) if has_init else ())
@@ -228,14 +217,20 @@ def _sharded_program(plan: Plan, in_trace: bool, jacobian, n_h: int, n_x: int, n
     return jax.jit(program)
 
 
+def _arrays(tree) -> list:
+    return [v if isinstance(v, jax.Array) else jnp.asarray(v)
+            for v in jax.tree_util.tree_leaves(tree)]
+
+
 def _concrete(leaves) -> bool:
     return all(jx.is_concrete(v) for group in leaves for v in group)
 
 
 def execute(plan: Plan, h0: Any, xs: Any, params: Any, *, init: Any = None,
-            jacobian: Any = None) -> tuple[Any, Info]:
+            jacobian: Any = None, details: bool = True) -> tuple[Any, Info]:
     """Run ``plan``; ``init`` (a trajectory like ``hs``) and ``jacobian`` (a function
-    ``(h, x, params) -> diag of ∂f/∂h`` like ``h``) only guide the iterative solvers."""
+    ``(h, x, params) -> diag of ∂f/∂h`` like ``h``) only guide the iterative solvers;
+    ``details=False`` when the caller does not return the ``Info``."""
     ir = plan.ir
     init_leaves = None if init is None else [jnp.asarray(v)
                                              for v in jax.tree_util.tree_leaves(init)]
@@ -244,19 +239,19 @@ def execute(plan: Plan, h0: Any, xs: Any, params: Any, *, init: Any = None,
         if [tuple(v.shape) for v in init_leaves] != expected:
             raise PlanError(f"init must be a trajectory like hs, leaves of shapes {expected}; "
                             f"got {[tuple(v.shape) for v in init_leaves]}.")
-    h_leaves = [jnp.asarray(v) for v in jax.tree_util.tree_leaves(h0)]
-    x_leaves = [] if xs is None else [jnp.asarray(v) for v in jax.tree_util.tree_leaves(xs)]
-    p_leaves = [jnp.asarray(v) for v in jax.tree_util.tree_leaves(params)]
+    h_leaves = _arrays(h0)
+    x_leaves = [] if xs is None else _arrays(xs)
+    p_leaves = _arrays(params)
     consts = list(ir.jaxpr.consts)
     groups = (h_leaves, x_leaves, p_leaves, consts)
     in_trace = not _concrete(groups)
-    key = program_key(plan, groups, in_trace) + (jacobian, init_leaves is None)
+    key = program_key(plan, groups, in_trace) + (jacobian, init_leaves is None, details)
     program = _programs.get(key)
     if program is None:
         if plan.layout is None:
-            program = jax.jit(functools.partial(_run, plan, in_trace, jacobian, None))
+            program = jax.jit(functools.partial(_run, plan, in_trace, jacobian, None, details))
         else:
-            program = _sharded_program(plan, in_trace, jacobian, len(h_leaves),
+            program = _sharded_program(plan, in_trace, jacobian, details, len(h_leaves),
                                        len(x_leaves), len(p_leaves), len(consts),
                                        init_leaves is not None)
         _programs[key] = program

@@ -203,8 +203,9 @@ def whole_step_check(ir: StepIR, step, hs, h0, xs, p, options):
 
 
 def first_nonfinite(ir: StepIR, hs, reverse: bool) -> jax.Array:
-    """The first step in time where an inexact leaf holds a non-finite value, or -1 (``hs``
-    in processing order, before any flip for ``reverse``)."""
+    """The index (into the returned trajectory) of the first state the recurrence computes
+    that holds a non-finite value -- for ``reverse=True`` the largest such index -- or -1
+    (``hs`` in processing order, before any flip for ``reverse``)."""
     T = hs[0].shape[0] if hs else 0
     flags = [jnp.any(~jnp.isfinite(jnp.reshape(v, (T, leaf.size))), axis=1)
              for leaf, v in zip(ir.state, hs) if not leaf.exact and leaf.size and T]
@@ -214,11 +215,10 @@ def first_nonfinite(ir: StepIR, hs, reverse: bool) -> jax.Array:
     proc = _sharding.step_index(T)
     proc = jnp.arange(T, dtype=jnp.int32) if proc is None else proc
     valid = _sharding.global_length(T)
-    bad = bad & (proc < valid)
-    time = valid - 1 - proc if reverse else proc
     big = jnp.iinfo(jnp.int32).max
-    first = -_sharding.reduce_max(-jnp.min(jnp.where(bad, time, big)))
-    return jnp.where(first == big, -1, first).astype(jnp.int32)
+    first = -_sharding.reduce_max(-jnp.min(jnp.where(bad & (proc < valid), proc, big)))
+    index = valid - 1 - first if reverse else first
+    return jnp.where(first == big, -1, index).astype(jnp.int32)
 
 
 __all__ = ["StageRun", "run_stage", "whole_step_check", "first_nonfinite", "shift_leaves",
