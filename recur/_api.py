@@ -136,6 +136,18 @@ def _trace(fn, h0, xs, params, length, reverse):
         fn, signature, lambda: trace_step(fn, h0, xs, params, length=length, reverse=reverse))
 
 
+def _code_of(fn) -> Any:
+    """The step's code object (by value: file, line, bytecode): plans quote source
+    locations, so two steps with the same jaxpr but different code get their own plans."""
+    for attr in ("__func__", "func"):
+        fn = getattr(fn, attr, fn)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        code = getattr(getattr(type(fn), "__call__", None), "__code__", None)
+    # code objects compare by value but without their file name
+    return None if code is None else (code, code.co_filename)
+
+
 def _frozen(method) -> Any:
     return tuple(sorted(method.items())) if isinstance(method, dict) else method
 
@@ -143,7 +155,8 @@ def _frozen(method) -> Any:
 def _lower(ir, method, backend, options, values, lyapunov_note, args, layout) -> Plan:
     """``make_plan`` through the plan cache (module docstring)."""
     opts = check_options(options)
-    key = (step_key(ir), _const_digest(ir.jaxpr.consts), tuple(map(_avals, args)),
+    key = (step_key(ir), _code_of(ir.fn), _const_digest(ir.jaxpr.consts),
+           tuple(map(_avals, args)),
            _frozen(method), decisions(opts), opts.get("jacobian") is not None, backend,
            values is not None, lyapunov_note,
            None if layout is None else (id(layout[0]), layout[1]))

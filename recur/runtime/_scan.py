@@ -186,9 +186,21 @@ def _dtypes(*xs):
 # ``ldexp(M h, e)``.  Single-step coefficients stay plain arrays.
 
 def _ldexp(x, e):
-    if jnp.iscomplexobj(x):
-        return lax.complex(jnp.ldexp(jnp.real(x), e), jnp.ldexp(jnp.imag(x), e))
-    return jnp.ldexp(x, e)
+    """``x 2^e``, as three multiplications by powers of two computed from ``e`` alone: linear
+    in ``x`` (``jnp.ldexp`` branches on ``x``, which JAX cannot transpose), and every factor
+    finite for any ``e`` whose result is (the partial products move monotonically towards
+    it)."""
+    fi = jnp.finfo(x.dtype)
+    one = jnp.ones((), fi.dtype)
+    e1 = e // 3
+    e2 = (e - e1) // 2
+    e3 = e - e1 - e2
+    for k in (e1, e2, e3):
+        # a factor is never 0 or inf, so 0 * factor stays 0; beyond the clip the product is
+        # out of range anyway, and overflows or underflows as the true value does
+        k = jnp.clip(k, int(fi.minexp) - int(fi.nmant), int(fi.maxexp) - 1)
+        x = x * jnp.ldexp(one, k).astype(x.dtype)
+    return x
 
 
 def _exponent(mag):
