@@ -564,6 +564,27 @@ def test_custom_derivatives_are_sound():
     check(Case(rev_grad, [(3,)]), exact=False, reverse=True)
 
 
+def test_custom_jvp_next_to_an_integer_leaf():
+    """The JVP is analysed w.r.t. the inexact leaves even when an integer leaf (a counter)
+    rides along: the straight-through rule's reversed tangent is in the pattern."""
+    @jax.custom_jvp
+    def straight(a):
+        return jnp.round(a)
+
+    straight.defjvp(lambda p, t: (jnp.round(p[0]), t[0][::-1]))
+    ir = trace_step(lambda h, x: {"h": straight(h["h"]) + x, "k": h["k"] + 1},
+                    {"h": jnp.ones(3), "k": jnp.int32(0)}, jnp.ones((2, 3)))
+    sparsity = jacobian_sparsity(ir)
+    assert sparsity.tangent is not None
+    assert sparsity.pattern[np.arange(3), np.arange(3)[::-1]].all()
+
+
+def test_conv_with_batch_groups_is_sound():
+    def conv(a, k):
+        return lax.conv_general_dilated(a, k, (1,), "SAME", batch_group_count=2)
+    check(Case(lambda a: conv(a, jnp.ones((2, 1, 2))), [(2, 1, 3)]), exact=False)
+
+
 # --- what the pass does not understand: dense -----------------------------------------------
 
 def _dense_rows(case, pattern):
