@@ -17,7 +17,7 @@ from recur.passes._dependency import jacobian_sparsity
 from recur.passes._trace import trace_step
 
 # the reference derivatives run once per drawn example: compile fast, not well
-_FAST = {"xla_backend_optimization_level": "0", "xla_llvm_disable_expensive_passes": True}
+FAST_COMPILE = {"xla_backend_optimization_level": "0", "xla_llvm_disable_expensive_passes": True}
 
 
 def _vector(out) -> jnp.ndarray:
@@ -79,15 +79,15 @@ class Case:
             return fn(self._flat(x))(z)
         if xs is None:
             return np.asarray(jax.jit(jax.vmap(lambda z: one(z, None)),
-                                      compiler_options=_FAST)(zs))
-        return np.asarray(jax.jit(jax.vmap(one), compiler_options=_FAST)(zs, xs))
+                                      compiler_options=FAST_COMPILE)(zs))
+        return np.asarray(jax.jit(jax.vmap(one), compiler_options=FAST_COMPILE)(zs, xs))
 
     def _columns(self, zs, xs):
         """The Jacobian one JVP column at a time (where JAX cannot batch the derivative,
         e.g. a generic ``reduce_window``'s JVP)."""
         n = zs.shape[1]
         jvp = jax.jit(lambda z, x, t: jax.jvp(self._flat(x), (z,), (t,))[1],
-                      compiler_options=_FAST)
+                      compiler_options=FAST_COMPILE)
         eye = jnp.eye(n)
         return np.stack([np.stack([np.asarray(jvp(zs[p], None if xs is None else xs[p], eye[j]))
                                    for j in range(n)], axis=1) for p in range(zs.shape[0])])

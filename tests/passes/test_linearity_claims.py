@@ -19,6 +19,8 @@ import recur
 from recur.passes._linearity import analyse_linearity
 from recur.passes._trace import trace_step
 
+from ._harness import FAST_COMPILE
+
 
 def _index(x):
     """A state-free index in {0, 1} that varies with the input."""
@@ -69,11 +71,11 @@ IDENTITY = {
 
 def _stage_jacobians(step, n, rng, points=4):
     plan = recur.plan(step, jnp.ones(n), jnp.ones((3, n)))
+    hs, xs = (jnp.asarray(rng.standard_normal((points, n))) for _ in range(2))
+    jacs = np.asarray(jax.jit(jax.vmap(jax.jacfwd(step)), compiler_options=FAST_COMPILE)(hs, xs))
     for stage, data in zip(plan.stages, plan._stages):
         elements = np.asarray(data.elements)
-        for _ in range(points):
-            h, x = (jnp.asarray(rng.standard_normal(n)) for _ in range(2))
-            jac = np.asarray(jax.jacfwd(lambda v: step(v, x))(h))
+        for jac in jacs:
             yield stage.jacobian, jac[np.ix_(elements, elements)]
 
 
