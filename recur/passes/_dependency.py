@@ -105,6 +105,7 @@ class Sparsity:
     pattern: np.ndarray
     primal: np.ndarray  # what the values read
     tangent: np.ndarray | None  # what the derivative (JVP, else VJP) reads; None: neither
+    has_jvp: bool = True  # forward-mode autodiff goes through the step (w.r.t. the state)
 
     @property
     def nnz(self) -> int:
@@ -817,15 +818,16 @@ def jacobian_sparsity(ir: StepIR) -> Sparsity:
     with jax.ensure_compile_time_eval():
         primal = _stack_outputs(
             analyse_jaxpr(ir.jaxpr, seeds + free, [None] * (len(seeds) + len(free)), n), ir)
-        tangent = None
+        tangent, has_jvp = None, True
         for derivative in (_tangent_pattern, _cotangent_pattern) if which else ():
             try:
                 tangent = derivative(ir, which, seeds, free, n)
                 break
             except Exception:  # noqa: BLE001 - e.g. a custom_vjp function has no JVP
+                has_jvp = has_jvp and derivative is not _tangent_pattern
                 continue
     pattern = primal if tangent is None else (primal | tangent)
-    return Sparsity(pattern=pattern, primal=primal, tangent=tangent)
+    return Sparsity(pattern=pattern, primal=primal, tangent=tangent, has_jvp=has_jvp)
 
 
 __all__ = ["Sparsity", "jacobian_sparsity", "analyse_jaxpr", "call_body", "bind_indices"]

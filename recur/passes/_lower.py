@@ -97,15 +97,18 @@ def stage_names(ir: StepIR, elements: np.ndarray) -> tuple[str, ...]:
 _stage_names = stage_names  # the name the tests know
 
 
-def _stage_linearity(ir: StepIR, elements: np.ndarray) -> tuple[bool, bool, bool, list]:
-    """(affine, linear, unit, reasons) of a stage in its own state (leaf granularity: a
-    leaf shared with another stage counts as this stage's state, which is conservative)."""
+def _stage_linearity(ir: StepIR, elements: np.ndarray):
+    """(affine, linear, unit, scalar, reasons) of a stage in its own state (leaf
+    granularity: a leaf shared with another stage counts as this stage's state, which is
+    conservative).  ``scalar``: the Jacobian is exactly ``c I`` -- one leaf whose Jacobian
+    the linearity pass proves to be ``c I`` (``c`` may differ between leaves)."""
     leaves = _leaves_of(ir, elements)
     lin = analyse_linearity(ir, leaves)
     levels = [lin.levels[i] for i in leaves]
     reasons = [(ir.state[i].name, lin.reasons[i]) for i in leaves if lin.reasons[i]]
+    scalar = len(leaves) == 1 and bool(lin.scalar) and bool(lin.scalar[leaves[0]])
     return (all(lv != "nonlinear" for lv in levels), all(lv == "linear" for lv in levels),
-            all(lin.unit[i] for i in leaves), reasons)
+            all(lin.unit[i] for i in leaves), scalar, reasons)
 
 
 def stage_groups(ir: StepIR, pattern: np.ndarray) -> list[tuple[np.ndarray, bool]]:
@@ -142,13 +145,15 @@ def _kind(structure: Structure, affine: bool, linear: bool) -> str:
     return "nonlinear"
 
 
-def _jacobian_name(structure: Structure, affine: bool, unit: bool, checked: Verification,
+def _jacobian_name(structure: Structure, affine: bool, unit: bool, scalar: bool,
                    sub_pattern: np.ndarray) -> str:
+    """``identity``/``scalar`` only where the linearity pass proves it (never from a probe:
+    ``diag(x > 0.4)`` looks like ``c I`` at a few random points)."""
     if structure.jacobian == "diagonal":
         full = bool(np.all(np.diag(sub_pattern)))
         if affine and full and unit:
             return "identity"
-        if (affine and checked.scalar) or sub_pattern.shape[0] == 1:
+        if (affine and scalar) or sub_pattern.shape[0] == 1:
             return "scalar"
     return structure.jacobian
 
@@ -175,7 +180,7 @@ class _Facts:
 def _classify(ir: StepIR, pattern, index, elements, exact, options, values) -> tuple[_Facts, list]:
     sub = pattern[np.ix_(elements, elements)]
     structure = analyse_structure(sub)
-    affine, linear, unit, reasons = _stage_linearity(ir, elements)
+    affine, linear, unit, scalar, reasons = _stage_linearity(ir, elements)
     names = stage_names(ir, elements)
     notes: list[str] = []
     unconfirmed = ""
@@ -208,7 +213,7 @@ def _classify(ir: StepIR, pattern, index, elements, exact, options, values) -> t
                      f"colouring extracts it from {structure.n_colours} JVPs per step "
                      f"instead of {len(elements)}")
     kind = _kind(structure, affine, linear)
-    jac = _jacobian_name(structure, affine, unit, checked, sub)
+    jac = _jacobian_name(structure, affine, unit, scalar, sub)
     return _Facts(index, elements, exact, names, structure, affine, linear, reasons, checked,
                   kind, jac, sub, unconfirmed), notes
 
@@ -285,8 +290,8 @@ def _choose(requested: str, facts: _Facts, ir: StepIR, cost: _StageCost, need: f
     scan_no = ""
     no_jvp = ""
     if not ir.has_jvp:
-        no_jvp = (f"it needs forward-mode derivatives (JVPs) of the step, which calls "
-                  f"{', '.join(ir.jvp_blockers)}; forward-mode autodiff cannot go through it")
+        no_jvp = (f"it needs forward-mode derivatives (JVPs) of the step, and forward-mode "
+                  f"autodiff cannot go through {', '.join(ir.jvp_blockers)} in it")
     if scan_ok and need > budget:
         if requested == "scan":
             raise PlanError(
@@ -461,6 +466,9 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
     backend = _backend(backend)
     _check_windows(method, options)
     sparsity = jacobian_sparsity(ir)
+    if not sparsity.has_jvp and ir.has_jvp:
+        ir = dataclasses.replace(ir, jvp_blockers=(
+            "an operation without a forward-mode rule (such as `.at[].apply`)",))
     pattern = sparsity.pattern
     groups = stage_groups(ir, pattern)
     _check_method(method, [n for el, _ in groups for n in stage_names(ir, el)])

@@ -109,7 +109,7 @@ def print_pattern(ir: StepIR, sp: Sparsity) -> str:
     n = ir.n_state
     lines = [f"{n} state elements, {sp.nnz} nonzeros in the Jacobian pattern"
              + ("" if sp.tangent is None else
-                f" (values read {int(sp.primal.sum())}, JVP reads {int(sp.tangent.sum())})")]
+                f" (values read {int(sp.primal.sum())}, derivative reads {int(sp.tangent.sum())})")]
     if n <= 32:
         for i in range(n):
             row = "".join("x" if sp.pattern[i, j] else "." for j in range(n))
