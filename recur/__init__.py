@@ -16,6 +16,7 @@ from ._errors import (
 )
 from ._info import Info, Reason
 from ._plan import Plan, Stage
+from . import lax
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "Stage",
     "StepFunctionError",
     "compile",
+    "lax",
     "load",
     "loads",
     "plan",

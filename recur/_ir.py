@@ -212,6 +212,36 @@ class Structure:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class Outputs:
+    """Per-step outputs of a ``jax.lax.scan`` body ``f(carry, x) -> (carry, y)``: the traced
+    body (``(carry leaves, x leaves) -> (carry leaves, y leaves)``), the structure and
+    leaves of one step's ``y``, and the loop's ``unroll``."""
+
+    jaxpr: ClosedJaxpr = dataclasses.field(repr=False)
+    treedef: Any
+    leaves: tuple[LeafInfo, ...]
+    unroll: Any = 1  # as jax.lax.scan takes it: a positive int, or True/False
+
+    @functools.cached_property
+    def key(self) -> tuple:
+        found: list = []
+        _callables(self.jaxpr.jaxpr, found)
+        return (str(self.jaxpr.jaxpr), tuple(found), self.treedef, self.unroll)
+
+    def body(self, consts: Sequence[Any]):
+        """``(carry leaves, x leaves) -> (carry leaves, y leaves)`` with the body's closed-over
+        arrays given explicitly."""
+        closed = ClosedJaxpr(self.jaxpr.jaxpr, list(consts))
+        n_y = len(self.leaves)
+
+        def call(h_leaves, x_leaves):
+            out = eval_jaxpr(closed, *h_leaves, *x_leaves)
+            return out[:len(out) - n_y], out[len(out) - n_y:]
+
+        return call
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class StageData:
     """What the runtime needs of a stage: its state elements (sorted, in the element space)
     and the Jacobian structure of its inexact elements (in the stage's own order).  An
@@ -316,5 +346,5 @@ class ElementView:
         return out
 
 
-__all__ = ["LeafInfo", "StepIR", "Structure", "StageData", "ElementView", "call_step",
+__all__ = ["LeafInfo", "StepIR", "Structure", "StageData", "Outputs", "ElementView", "call_step",
            "compute_dtype", "jaxpr_step"]

@@ -93,6 +93,8 @@ class Plan:
     state_kinds: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
     options: tuple[tuple[str, Any], ...] = dataclasses.field(default=(), repr=False)
     layout: Layout | None = None
+    # per-step outputs (recur.lax): one ``recur._ir.LeafInfo`` per leaf of ``y``
+    outputs: tuple = ()
     # What the runtime needs, typed: the traced step (``recur._ir.StepIR``), per stage its
     # elements and Jacobian structure (``recur._ir.StageData``), and the device mesh.
     ir: Any = dataclasses.field(default=None, repr=False, compare=False)
@@ -116,6 +118,7 @@ class Plan:
             "notes": list(self.notes),
             "state_kinds": dict(self.state_kinds),
             "layout": None if self.layout is None else self.layout.to_dict(),
+            "outputs": {leaf.name: leaf.describe() for leaf in self.outputs},
             "graph": {"nodes": {n: s for n, s in self.state_sizes},
                       "edges": [[u, v, w] for u, v, w in self.edges]},
         }
@@ -159,6 +162,8 @@ class Plan:
                 lines.append(f"  estimate  {est}")
             for m, why in st.rejected:
                 lines.append(f"  rejected  {m}: {why}")
+        if self.outputs:
+            lines += self._outputs_lines()
         if self.layout is not None:
             lay = self.layout
             mesh = ", ".join(f"{k}={v}" for k, v in lay.mesh_shape)
@@ -171,6 +176,24 @@ class Plan:
         for note in self.notes:
             lines.append(f"note: {note}")
         return "\n".join(lines)
+
+    def _outputs_lines(self) -> list[str]:
+        """The outputs path: what it computes and the memory it holds."""
+        itemsize = {"float64": 8, "complex128": 16, "complex64": 8, "int64": 8}
+        y_bytes = sum(leaf.size * itemsize.get(getattr(leaf.dtype, "name", ""), 4)
+                      for leaf in self.outputs) * self.length
+        h_bytes = self.n_state * self.length * itemsize.get(self.dtype, 4)
+        ys = ", ".join(f"{leaf.name} {leaf.describe()}" for leaf in self.outputs)
+        if all(st.method == "sequential" for st in self.stages):
+            path = ("the loop emits them as it goes (one lax.scan of the body): no state is "
+                    "stored")
+            held = y_bytes
+        else:
+            path = ("the parallel methods hold all T states; the outputs are one batched "
+                    f"evaluation of the body on them ({_fmt(h_bytes)}B of states)")
+            held = y_bytes + h_bytes
+        return [f"outputs: {ys} per step ({_fmt(y_bytes)}B for T = {self.length}); {path}; "
+                f"memory of the outputs path about {_fmt(held)}B"]
 
     def explain_passes(self) -> str:
         """The printable output of every analysis pass (like a compiler's print-after-all)."""

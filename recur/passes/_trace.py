@@ -25,7 +25,7 @@ import numpy as np
 from .._dtypes import dtype_name, is_inexact, is_key, is_numeric
 from .._errors import StepFunctionError
 from .. import _jax_adapter as jx
-from .._ir import LeafInfo, StepIR, call_step
+from .._ir import LeafInfo, Outputs, StepIR, call_step
 
 ROOT_NAME = "h"
 
@@ -219,6 +219,47 @@ def trace_step(fn: Callable, h0: Any, xs: Any, params: Any = None, *,
     return StepIR(jaxpr=closed, jvp_blockers=jvp_blockers(closed), **ir_partial)
 
 
+def scan_body_pair(out, what: str = "recur.lax.scan"):
+    """``(carry, y)`` from what a ``jax.lax.scan`` body returned, or a clear error."""
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise StepFunctionError(
+            f"{what} needs a body f(carry, x) -> (carry, y), as jax.lax.scan does; it "
+            f"returned {type(out).__name__}"
+            + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
+            + ". Return a pair (new carry, per-step output); the output may be None.")
+    return out[0], out[1]
+
+
+def trace_outputs(f: Callable, ir: StepIR, unroll: int | bool = 1) -> Outputs:
+    """The whole body ``f(carry, x) -> (carry, y)`` on the carry and inputs of ``ir``."""
+    nh = len(ir.state)
+
+    store = {}
+
+    def flat(*leaves):
+        h = jax.tree_util.tree_unflatten(ir.state_treedef, leaves[:nh])
+        x = None if ir.input_treedef is None else jax.tree_util.tree_unflatten(
+            ir.input_treedef, leaves[nh:])
+        carry, y = scan_body_pair(f(h, x))
+        y_leaves, y_def = jax.tree_util.tree_flatten(y)
+        store["treedef"] = y_def
+        store["names"] = [jax.tree_util.keystr(p) or "y" for p, _ in
+                          jax.tree_util.tree_flatten_with_path(y)[0]]
+        return jax.tree_util.tree_leaves(carry) + y_leaves
+
+    try:
+        closed = jax.make_jaxpr(flat)(*[s.aval for s in ir.state + ir.inputs])
+    except StepFunctionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's body raised while being traced
+        raise StepFunctionError(f"the scan body raised {type(exc).__name__} while being traced "
+                                f"for its outputs: {exc}") from exc
+    outs = closed.out_avals[nh:]
+    leaves = tuple(LeafInfo(n, tuple(a.shape), a.dtype, bool(getattr(a, "weak_type", False)))
+                   for n, a in zip(store["names"], outs))
+    return Outputs(jaxpr=closed, treedef=store["treedef"], leaves=leaves, unroll=unroll)
+
+
 _NO_JVP = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr", "pure_callback",
                      "io_callback", "callback"})
 
@@ -250,4 +291,5 @@ def _describe(specs) -> str:
     return "{" + ", ".join(f"{s.name}: {s.describe()}" for s in specs) + "}" if specs else "None"
 
 
-__all__ = ["LeafInfo", "StepIR", "trace_step", "sequence_length", "call_step", "leaf_name"]
+__all__ = ["LeafInfo", "StepIR", "trace_step", "trace_outputs", "scan_body_pair",
+           "sequence_length", "call_step", "leaf_name"]

@@ -27,13 +27,15 @@ import numpy as np
 from .. import _jax_adapter as jx
 from .._errors import ConvergenceError, PlanError
 from .._info import Info
-from .._ir import jaxpr_step
+from .._ir import Outputs, jaxpr_step
+from jax import lax
 from .._plan import Plan
 from . import _sharding
 from ._checks import with_fallback
 from ._result import Reason, StageStats, stack
 from ._sequential import sequential_scan
-from ._stages import StageRun, first_nonfinite, placeholders, run_stage, whole_step_check
+from ._stages import (StageRun, first_nonfinite, placeholders, run_stage, shift_leaves,
+                      whole_step_check)
 
 _CACHE_SIZE = 64
 _programs: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
@@ -46,11 +48,11 @@ def _info(method: str, stats: StageStats, nonfinite) -> Info:
                 first_nonfinite=nonfinite)
 
 
-def _run(plan: Plan, in_trace: bool, user_jacobian, axis, details: bool, h_leaves, x_leaves,
-         p_leaves, consts, init_leaves):
+def _run(plan: Plan, in_trace: bool, user_jacobian, axis, details: bool, outputs, h_leaves,
+         x_leaves, p_leaves, consts, init_leaves, out_consts=()):
     with _sharding.along(axis):
         return run_plan(plan, in_trace, user_jacobian, h_leaves, x_leaves, p_leaves, consts,
-                        init_leaves, details)
+                        init_leaves, details, outputs, out_consts)
 
 
 def _user_jacobian(plan: Plan, user_jacobian, stage: StageRun, p_leaves):
@@ -79,9 +81,13 @@ def _user_jacobian(plan: Plan, user_jacobian, stage: StageRun, p_leaves):
 
 
 def run_plan(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_leaves, consts,
-             init_leaves, details: bool = True):
+             init_leaves, details: bool = True, outputs: Outputs | None = None,
+             out_consts=()):
     """The plan's trajectory and ``Info``; ``details=False`` skips what only a returned
-    ``Info`` reports (the search for the first non-finite state)."""
+    ``Info`` reports (the search for the first non-finite state).  With ``outputs`` (a
+    ``jax.lax.scan`` body), ``((final carry, per-step outputs), Info)`` instead: the loop
+    emits the outputs as it goes, storing no state; the parallel methods hold the
+    trajectory anyway and evaluate the outputs from it in one batched pass."""
     ir = plan.ir
     options = plan.option_dict
     T = ir.length if _sharding.current() is None else _sharding.current().local
@@ -102,7 +108,14 @@ def run_plan(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_le
     on_failure = options.get("on_failure", "sequential")
     raiser = functools.partial(_raise_at_run_time) if on_failure == "raise" and in_trace \
         else None
-    if all(st.method == "sequential" for st in plan.stages) or T == 0:
+    all_loop = all(st.method == "sequential" for st in plan.stages) or T == 0
+    if outputs is not None and all_loop and _sharding.current() is None:
+        body = outputs.body(out_consts)
+        final, ys = lax.scan(lambda h, x: body(h, [] if x is None else x), list(h_leaves), xs,
+                             length=T, unroll=outputs.unroll)
+        stats = stack([StageStats.make(reason=Reason.SEQUENTIAL, evaluations=T_all)] * n_stages)
+        return _outputs_result(plan, outputs, list(final), list(ys), stats, details)
+    if all_loop:
         hs = loop_all()
         stats = stack([StageStats.make(reason=Reason.SEQUENTIAL, evaluations=T_all)] * n_stages)
     else:
@@ -128,10 +141,31 @@ def run_plan(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_le
                 converged=stats.converged & ok, fell_back=stats.fell_back | fell_back,
                 reason=jnp.where(ok, stats.reason, Reason.WHOLE_STEP).astype(jnp.int32),
                 evaluations=stats.evaluations + T_all + jnp.where(fell_back, T_all, 0))
-    nonfinite = first_nonfinite(ir, hs, ir.reverse) if details else jnp.asarray(-1, jnp.int32)
+    if outputs is not None:
+        body = outputs.body(out_consts)
+        prev = shift_leaves(hs, h_leaves)
+        if xs is None:
+            ys = jax.vmap(lambda h: body(h, [])[1])(prev)
+        else:
+            ys = jax.vmap(lambda h, x: body(h, x)[1])(prev, xs)
+        final = [_sharding.value_at(v, T_all - 1) for v in hs]
+        return _outputs_result(plan, outputs, final, list(ys), stats, details)
+    nonfinite = first_nonfinite(ir.state, hs, ir.reverse) if details \
+        else jnp.asarray(-1, jnp.int32)
     if ir.reverse:
         hs = [jnp.flip(v, 0) for v in hs]
     return list(hs), _info(plan.method, stats, nonfinite)
+
+
+def _outputs_result(plan, outputs, final, ys, stats, details):
+    """``((final carry, outputs in time order), Info)``; ``first_nonfinite`` over the
+    outputs."""
+    reverse = plan.ir.reverse
+    nonfinite = first_nonfinite(outputs.leaves, ys, reverse) if details and ys \
+        else jnp.asarray(-1, jnp.int32)
+    if reverse:
+        ys = [jnp.flip(v, 0) for v in ys]
+    return (final, ys), _info(plan.method, stats, nonfinite)
 
 
 # ----------------------------------------------------------------------------- raising
@@ -177,25 +211,29 @@ def _place(v, mesh, spec):
     return jax.reshard(v, sharding) if explicit else jax.lax.with_sharding_constraint(v, sharding)
 
 
-def _sharded_program(plan: Plan, in_trace: bool, jacobian, details: bool, n_h: int, n_x: int,
-                     n_p: int, n_c: int, has_init: bool):
+def _sharded_program(plan: Plan, in_trace: bool, jacobian, details: bool, outputs, n_h: int,
+                     n_x: int, n_p: int, n_c: int, has_init: bool):
     """``_run`` inside ``shard_map`` over the plan's mesh axis (``runtime/_sharding.py``):
     inputs padded to ``D L`` steps (at the end of the processing order) and sharded along
-    time, parameters and closed-over arrays replicated, states returned sharded along
-    time and unpadded."""
+    time, parameters and closed-over arrays replicated, states (or per-step outputs, and
+    the final carry replicated) returned sharded along time and unpadded."""
     lay, mesh, ir = plan.layout, plan.mesh, plan.ir
     T, pad, reverse = ir.length, lay.padding, ir.reverse
     axis = _sharding.TimeAxis(name=lay.axis_name, size=lay.devices, length=T + pad, valid=T,
                               reversed=reverse)
     along_t, rep = jax.sharding.PartitionSpec(lay.axis_name), jax.sharding.PartitionSpec()
 
-    def body(h, x, p, c, *init):
-        return _run(plan, in_trace, jacobian, axis, details, h, x, p, c,
-                    init[0] if init else None)
+    n_o = 0 if outputs is None else len(outputs.jaxpr.consts)
 
-    in_specs = ([rep] * n_h, [along_t] * n_x, [rep] * n_p, [rep] * n_c) + \
+    def body(h, x, p, c, oc, *init):
+        return _run(plan, in_trace, jacobian, axis, details, outputs, h, x, p, c,
+                    init[0] if init else None, oc)
+
+    in_specs = ([rep] * n_h, [along_t] * n_x, [rep] * n_p, [rep] * n_c, [rep] * n_o) + \
         (([along_t] * n_h,) if has_init else ())
-    inner = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=([along_t] * n_h, rep),
+    traj = [along_t] * n_h if outputs is None else \
+        ([rep] * n_h, [along_t] * len(outputs.leaves))
+    inner = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=(traj, rep),
                           check_vma=False)
 
     def padded(v):
@@ -205,14 +243,18 @@ def _sharded_program(plan: Plan, in_trace: bool, jacobian, details: bool, n_h: i
             return jnp.concatenate([jnp.repeat(v[:1], pad, axis=0), v], axis=0)
         return jnp.concatenate([v, jnp.repeat(v[-1:], pad, axis=0)], axis=0)
 
-    def program(h, x, p, c, init):
+    def unpad(out):
+        return [v[pad:] if reverse else v[:T] for v in out] if pad else out
+
+    def program(h, x, p, c, init, oc=()):
         x = [_place(padded(v), mesh, along_t) for v in x]
         extra = () if init is None else ([_place(padded(v), mesh, along_t) for v in init],)
-        h, p, c = ([_place(v, mesh, rep) for v in group] for group in (h, p, c))
-        out, info = inner(h, x, p, c, *extra)
-        if pad:
-            out = [v[pad:] if reverse else v[:T] for v in out]
-        return out, info
+        h, p, c, oc = ([_place(v, mesh, rep) for v in group] for group in (h, p, c, oc))
+        out, info = inner(h, x, p, c, oc, *extra)
+        if outputs is not None:
+            final, ys = out
+            return (final, unpad(ys)), info
+        return unpad(out), info
 
     return jax.jit(program)
 
@@ -227,10 +269,12 @@ def _concrete(leaves) -> bool:
 
 
 def execute(plan: Plan, h0: Any, xs: Any, params: Any, *, init: Any = None,
-            jacobian: Any = None, details: bool = True) -> tuple[Any, Info]:
+            jacobian: Any = None, details: bool = True,
+            outputs: Outputs | None = None) -> tuple[Any, Info]:
     """Run ``plan``; ``init`` (a trajectory like ``hs``) and ``jacobian`` (a function
     ``(h, x, params) -> diag of ∂f/∂h`` like ``h``) only guide the iterative solvers;
-    ``details=False`` when the caller does not return the ``Info``."""
+    ``details=False`` when the caller does not return the ``Info``.  With ``outputs`` (a
+    traced ``jax.lax.scan`` body) the result is ``(final carry, ys)`` instead of ``hs``."""
     ir = plan.ir
     init_leaves = None if init is None else [jnp.asarray(v)
                                              for v in jax.tree_util.tree_leaves(init)]
@@ -245,27 +289,36 @@ def execute(plan: Plan, h0: Any, xs: Any, params: Any, *, init: Any = None,
     consts = list(ir.jaxpr.consts)
     groups = (h_leaves, x_leaves, p_leaves, consts)
     in_trace = not _concrete(groups)
-    key = program_key(plan, groups, in_trace) + (jacobian, init_leaves is None, details)
+    out_consts = [] if outputs is None else list(outputs.jaxpr.consts)
+    in_trace = in_trace or not _concrete((out_consts,))
+    key = program_key(plan, groups, in_trace) + (
+        jacobian, init_leaves is None, details,
+        None if outputs is None else (outputs.key, _avals(out_consts)))
     program = _programs.get(key)
     if program is None:
         if plan.layout is None:
-            program = jax.jit(functools.partial(_run, plan, in_trace, jacobian, None, details))
+            program = jax.jit(functools.partial(_run, plan, in_trace, jacobian, None, details,
+                                                outputs))
         else:
-            program = _sharded_program(plan, in_trace, jacobian, details, len(h_leaves),
-                                       len(x_leaves), len(p_leaves), len(consts),
-                                       init_leaves is not None)
+            program = _sharded_program(plan, in_trace, jacobian, details, outputs,
+                                       len(h_leaves), len(x_leaves), len(p_leaves),
+                                       len(consts), init_leaves is not None)
         _programs[key] = program
         if len(_programs) > _CACHE_SIZE:
             _programs.popitem(last=False)
     else:
         _programs.move_to_end(key)
-    out_leaves, info = program(h_leaves, x_leaves, p_leaves, consts, init_leaves)
+    out_leaves, info = program(h_leaves, x_leaves, p_leaves, consts, init_leaves, out_consts)
     if plan.method != "sequential" and plan.option_dict.get("on_failure") == "raise" \
             and not in_trace and not bool(np.all(info.converged)):
         raise ConvergenceError(
             f"method {plan.method!r} did not meet the tolerance: residual "
             f"{float(np.max(info.residual)):.3g}, {info.reasons()} (on_failure='raise'). Use "
             "on_failure='sequential' to fall back to the loop.")
+    if outputs is not None:
+        final, ys = out_leaves
+        return (jax.tree_util.tree_unflatten(ir.state_treedef, final),
+                jax.tree_util.tree_unflatten(outputs.treedef, ys)), info
     return jax.tree_util.tree_unflatten(ir.state_treedef, out_leaves), info
 
 

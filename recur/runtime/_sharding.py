@@ -129,6 +129,22 @@ def from_first_step(v: jax.Array) -> jax.Array:
     return lax.psum(jnp.where(position(ax) == 0, v, jnp.zeros_like(v)), ax.name)
 
 
+def value_at(v: jax.Array, index: int) -> jax.Array:
+    """``v[index]`` for a global step ``index`` of the processing order, on every device."""
+    ax = current()
+    if ax is None:
+        return v[index]
+    L = v.shape[0]
+    mine = position(ax) == index // L
+    key = jnp.issubdtype(v.dtype, jax.dtypes.prng_key)
+    local = jax.random.key_data(v[index % L]) if key else v[index % L]
+    local = local.astype(jnp.int32) if local.dtype == jnp.bool_ else local
+    out = lax.psum(jnp.where(mine, local, jnp.zeros_like(local)), ax.name)
+    if key:
+        return jax.random.wrap_key_data(out, impl=jax.random.key_impl(v))
+    return out.astype(v.dtype)
+
+
 def step_index(local_length: int) -> jax.Array | None:
     """Global indices (processing order) of the local steps, or ``None`` on one device."""
     ax = current()
@@ -206,6 +222,6 @@ def sequential(step: Callable[[Any, Any], Any], h0: Any, xs: Any, *, length: int
     return run(h_in, True)[1]
 
 
-__all__ = ["TimeAxis", "current", "along", "shift", "shift_back", "from_first_step",
+__all__ = ["TimeAxis", "current", "along", "shift", "shift_back", "from_first_step", "value_at",
            "step_index", "valid_steps", "global_length", "reduce_max", "reduce_sum",
            "reduce_any", "gather", "pick", "sequential", "position"]

@@ -202,13 +202,14 @@ def whole_step_check(ir: StepIR, step, hs, h0, xs, p, options):
     return jax.lax.stop_gradient(res), jax.lax.stop_gradient(ok)
 
 
-def first_nonfinite(ir: StepIR, hs, reverse: bool) -> jax.Array:
-    """The index (into the returned trajectory) of the first state the recurrence computes
-    that holds a non-finite value -- for ``reverse=True`` the largest such index -- or -1
+def first_nonfinite(leaves, hs, reverse: bool) -> jax.Array:
+    """The index (into the returned trajectory) of the first step the recurrence computes
+    whose value (``hs``: states, or per-step outputs, with ``leaves`` their ``LeafInfo``s)
+    holds a non-finite number -- for ``reverse=True`` the largest such index -- or -1
     (``hs`` in processing order, before any flip for ``reverse``)."""
     T = hs[0].shape[0] if hs else 0
     flags = [jnp.any(~jnp.isfinite(jnp.reshape(v, (T, leaf.size))), axis=1)
-             for leaf, v in zip(ir.state, hs) if not leaf.exact and leaf.size and T]
+             for leaf, v in zip(leaves, hs) if not leaf.exact and leaf.size and T]
     if not flags:
         return jnp.asarray(-1, jnp.int32)
     bad = jnp.any(jnp.stack(flags), axis=0)
