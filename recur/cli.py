@@ -475,9 +475,19 @@ def cmd_run(args) -> int:
             print("check: passed (equal non-finite values count as agreement)"
                   if any(_first_nonfinite(v) for v in hs.values()) else "check: passed")
 
-    _write_npz(out_path, hs)
+    outputs = {}
+    if model.outputs:  # the declared per-step outputs, through recur.lax.scan
+        _, ys = rec.lax_scan(h0, xs, params, length=length, method=args.method)
+        outputs = {k: np.asarray(v) for k, v in jax.block_until_ready(ys).items()}
+        for k, v in outputs.items():
+            bad = _first_nonfinite(v)
+            if bad is not None:
+                _warn(f"output {k!r} holds non-finite values ({bad[1]}); the first appears at "
+                      f"step {bad[0]} (0-based) of {v.shape[0]}")
+    _write_npz(out_path, {**hs, **outputs})
     print(f"{'replaced' if replacing else 'wrote'} {os.path.abspath(out_path)} "
-          f"(states {', '.join(hs)})")
+          f"(states {', '.join(hs)}"
+          + (f"; outputs {', '.join(outputs)}" if outputs else "") + ")")
     return status
 
 

@@ -124,6 +124,9 @@ def batch_cases(d):
     x_nan = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
     x_nan[2, 5] = np.nan
     np.savez(d / "x_nan.npz", x=x_nan)
+    rng = np.random.default_rng(1)
+    np.savez(d / "hmm_x.npz", logB=np.log(rng.uniform(0.1, 1.0, (12, 4))).astype(np.float32))
+    np.savez(d / "hmm_p.npz", logA=np.log(rng.dirichlet(np.ones(4), size=4)).astype(np.float32))
     rec, logistic = str(d / "m.rec"), str(EXAMPLES / "logistic.rec")
     p = lambda name: str(d / name)  # noqa: E731
     return [
@@ -143,6 +146,8 @@ def batch_cases(d):
         ("out_first", "", ["run", rec, "--inputs", xs, "--out", p("r.npz")]),
         ("out_again", "", ["run", rec, "--inputs", xs, "--out", p("r.npz")]),
         ("names", "", ["run", p("names.rec"), "--length", "5", "--out", p("n.npz")]),
+        ("outputs", "", ["run", str(EXAMPLES / "hmm_forward.rec"), "--inputs", p("hmm_x.npz"),
+                         "--params", p("hmm_p.npz"), "--out", p("hmm.npz")]),
         # input errors
         ("err_npy", "", ["run", EMA, "--inputs", p("x.npy"), "--out", p("e.npz")]),
         ("err_complex", "", ["run", EMA, "--inputs", p("xc.npz"), "--out", p("e.npz")]),
@@ -274,6 +279,20 @@ def test_run_any_state_name_round_trips(batch):
         assert sorted(data.files) == ["allow_pickle", "file"]
         np.testing.assert_allclose(data["allow_pickle"], 2 * 0.9 ** np.arange(1, 6), rtol=1e-6)
         assert data["file"][0] == pytest.approx(0.5 + 0.2)
+
+
+def test_run_writes_declared_outputs(batch):
+    results, d, _ = batch
+    r = results["outputs"]
+    clean(r)
+    assert r.returncode == 0 and "outputs loglik" in r.stdout
+    with np.load(d / "hmm.npz") as out:
+        assert out["alpha"].shape == (12, 4) and out["loglik"].shape == (12,)
+        alpha = out["alpha"].astype(np.float64)
+        top = alpha.max(axis=1)
+        np.testing.assert_allclose(out["loglik"],
+                                   top + np.log(np.exp(alpha - top[:, None]).sum(axis=1)),
+                                   rtol=1e-5)
 
 
 @pytest.mark.parametrize("case, needles", [
