@@ -46,7 +46,7 @@ from . import _contractivity, _cost, _report
 from ._cost import fmt_seconds
 from ._dependency import jacobian_sparsity
 from ._linearity import Linearity, analyse_linearity
-from ._options import check_options, decisions, hutchinson_probes
+from ._options import check_options, decisions, requested_probes
 from ._stages import stage_elements
 from ._structure import analyse_structure
 from ._verify import Values, Verification, verify
@@ -407,7 +407,7 @@ def _backend(backend: str | None) -> str:
 
 def _hutchinson(structure, chosen, options, index, notes, why):
     """The Hutchinson hint on a quasi-deer stage (the ``diagonal='hutchinson'`` option)."""
-    probes = hutchinson_probes(options)
+    probes = requested_probes(options)
     if not probes:
         return structure, why
     if _methods.is_iterative(chosen) and chosen != "quasi-deer":

@@ -95,7 +95,8 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None or k in VALUE_OPTIONS}
 
 
-def hutchinson_probes(options: dict[str, Any]) -> int:
+def requested_probes(options: dict[str, Any]) -> int:
+    """Rademacher probes asked for with ``diagonal="hutchinson"`` (0: the exact diagonal)."""
     if options.get("diagonal", "exact") != "hutchinson":
         return 0
     probes = options.get("probes")
@@ -107,5 +108,5 @@ def decisions(options: dict[str, Any]) -> tuple:
     return tuple(sorted((k, v) for k, v in options.items() if k not in VALUE_OPTIONS))
 
 
-__all__ = ["check_options", "hutchinson_probes", "decisions", "OPTIONS", "ON_FAILURE",
+__all__ = ["check_options", "requested_probes", "decisions", "OPTIONS", "ON_FAILURE",
            "DIAGONALS", "DEFAULT_PROBES", "VALUE_OPTIONS"]
