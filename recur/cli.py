@@ -755,11 +755,27 @@ def cmd_demo(args) -> int:
               f"at least a kernel launch on a GPU; the {gpu.method} has {depth})")
     print(f"   GPU constants: {source}")
 
-    # ---- recur.lax.scan: to be added here ------------------------------------------------
-    # Once `recur.lax.scan` (per-step outputs, the jax.lax.scan contract) exists, show a model
-    # where recur's plan beats the user's own `jax.lax.scan` on this machine, if there is
-    # one, timed the same way as in 1 (issue 16, item 2). Nothing here until then.
-    # ---------------------------------------------------------------------------------------
+    # 2b. training: under jax.grad the plan counts the reverse pass, on this machine too
+    print("\n2b. Training (jax.grad through the recurrence): the plan counts the reverse pass")
+    trained = make_plan(step, h0, xs, for_grad=True)
+    print(f"   here method='auto' under jax.grad runs: {trained.method}")
+    for st in trained.stages:
+        print(f"   why: {st.why}")
+    grad_auto = jax.jit(jax.grad(lambda xs: jnp.sum(scan(step, h0, xs) ** 2)))
+    grad_loop = jax.jit(jax.grad(lambda xs: jnp.sum(jax.lax.scan(
+        lambda h, x: (step(h, x),) * 2, h0, xs)[1] ** 2)))
+    g_auto, g_loop = jax.block_until_ready((grad_auto(xs), grad_loop(xs)))
+    tg_auto, tg_loop = float("inf"), float("inf")
+    for _ in range(reps):
+        tg_auto = min(tg_auto, _time(grad_auto, xs))
+        tg_loop = min(tg_loop, _time(grad_loop, xs))
+    r = tg_loop / tg_auto
+    print(f"   time of the gradient (min of {reps}): recur {_duration(tg_auto)}, your own "
+          f"jax.lax.scan {_duration(tg_loop)}: recur {_two_digits(max(r, 1 / r))}× "
+          f"{'faster' if r >= 1 else 'slower'} on this machine")
+    g_err = float(np.max(np.abs(np.asarray(g_auto) - np.asarray(g_loop))))
+    g_ok = bool(g_err <= _tolerance(np.float32) * (1 + float(np.max(np.abs(np.asarray(g_loop))))))
+    print(f"   max |gradient - loop's gradient| = {g_err:.2e}: {'passed' if g_ok else 'FAILED'}")
 
     # 3. the correctness check against the loop, for what ran here and for the GPU's method
     print("\n3. Check against the sequential loop (jax.lax.scan):")
@@ -782,7 +798,7 @@ def cmd_demo(args) -> int:
               f"{'passed' if good else 'FAILED'}")
     print(f"   (tolerance |recur - loop| <= {tol:.2g} x (1 + |loop|), the square root of "
           "float32's machine epsilon)")
-    return 0 if ok else 1
+    return 0 if ok and g_ok else 1
 
 
 def _time(fn, *args) -> float:
