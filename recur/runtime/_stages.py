@@ -117,6 +117,25 @@ class StageRun:
             return view.gather(step(view.scatter(z, bef), [] if x is None else x, p))
         return f_s, z0, (xs, before)
 
+    def semiring_modes(self, step, p):
+        """The stage's step in the semiring's ``"linear"`` and ``"offset"`` modes
+        (``_semirings.evaluator``) as ``(z, x) -> (z', coefficients)`` like ``flat``'s
+        (``f_off`` None for a linear stage)."""
+        from .._semirings import evaluator
+        ir, view, claim = self.ir, self.view, self.data.semiring
+        n_other = len(ir.inputs) + len(ir.params)
+
+        def flat(mode):
+            run = evaluator(step.closed, len(ir.state), self.touched, n_other, claim, mode)
+
+            def f(z, xb):
+                x, bef = (xb, None) if view.complete else xb
+                out, coefs = run(view.scatter(z, bef), [] if x is None else x, p)
+                return view.gather(out), coefs
+            return f
+
+        return flat("linear"), (flat("offset") if claim.affine else None)
+
     def tolerances(self, options):
         view = self.view
         dtypes = [self.ir.state[i].dtype for i, _, _ in view.parts]
@@ -140,7 +159,13 @@ def run_stage(stage: StageRun, step, hs, h0, xs, p, T, options, *, init=None, ja
     on_failure = options.get("on_failure", "sequential")
     chunk = options.get("chunk")
     check = options.get("check", True)
-    if stage.method.iterative:
+    if stage.method.family == "semiring":
+        from ._semiring import solve_semiring
+        f_lin, f_off = stage.semiring_modes(step, p)
+        zs, st = solve_semiring(f_s, f_lin, f_off, z0, xs_s, claim=stage.data.semiring,
+                                structure=stage.data.structure, length=T, tolerances=tol,
+                                chunk=chunk, fallback=on_failure == "sequential")
+    elif stage.method.iterative:
         guess = None if init is None else stage.view.gather(init, lead=(T,))
         zs, st, _ = solve_nonlinear(
             f_s, z0, xs_s, method=stage.method.name, structure=stage.data.structure,
