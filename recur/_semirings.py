@@ -260,6 +260,9 @@ _CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "remat", "remat2"
                     "custom_vjp_call_jaxpr"})
 _CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 _INEXACT_KINDS = "fc"
+_TOUCH = {"lse": frozenset({"reduce_max", "exp", "log", "reduce_sum", "custom_jvp_call"}),
+          "max": frozenset({"max", "reduce_max"}), "min": frozenset({"min", "reduce_min"}),
+          "sum": frozenset({"div", "reduce_sum", "dot_general"})}
 
 
 def _body(eqn):
@@ -300,6 +303,7 @@ class Interpreter:
         self.alg = algebra
         self.mode = mode  # None (levels only), "plain", "linear", "offset"
         self.progress = 0  # ⊕ operations applied to linear values (how close it came)
+        self.touched = 0   # ⊕-like operations applied to any state-dependent value
         self.offsets = 0
         self.normalisations = 0
         self.nonneg: list[Any] = []  # (``×`` algebras) coefficients that must be >= 0
@@ -339,6 +343,8 @@ class Interpreter:
         lins = [i for i in dep if isinstance(ins[i], Lin)]
         plain = len(lins) == len(dep)
         out_dtype = np.dtype(eqn.outvars[0].aval.dtype) if eqn.outvars else None
+        if name in _TOUCH[alg.plus]:
+            self.touched += 1
 
         if name in _IDENTITY:
             return list(ins), None
@@ -632,26 +638,29 @@ def seeds(n_state: int, stage_leaves: Sequence[int], n_other: int) -> list:
 
 
 def analyse(closed, n_state: int, stage_leaves: Sequence[int], n_other: int,
-            algebra: Algebra) -> tuple[Claim | None, str, int]:
-    """``(claim or None, why not, progress)`` of the stage's leaves in ``algebra``."""
+            algebra: Algebra) -> tuple[Claim | None, str, tuple]:
+    """``(claim or None, why not, progress)`` of the stage's leaves in ``algebra``;
+    ``progress``: ``(⊕ applied to linear values, ⊕-like operations on the state)``, how
+    close it came."""
     interp = Interpreter(algebra)
     outs, _ = interp.run(closed, seeds(n_state, stage_leaves, n_other))
     mine = [outs[i] for i in stage_leaves]
+    progress = (interp.progress, interp.touched)
     if any(isinstance(lv, Other) for lv in mine):
         why = next(lv.reason for lv in mine if isinstance(lv, Other))
-        return None, why, interp.progress
+        return None, why, progress
     if any(isinstance(lv, (_Bcast, _Centered)) for lv in mine):
-        return None, "an incomplete log-sum-exp", interp.progress
+        return None, "an incomplete log-sum-exp", progress
     if interp.progress == 0 and interp.normalisations == 0:
-        return None, f"no {_PLUS[algebra.plus]} of the state", 0
+        return None, f"no {_PLUS[algebra.plus]} of the state", (0, 0)
     norm = [isinstance(lv, Norm) for lv in mine]
     if any(norm) and not all(norm):
-        return None, "some new states are normalised and others not", interp.progress
+        return None, "some new states are normalised and others not", progress
     if algebra.plus == "sum" and not all(norm):
-        return None, "not normalised (an affine +/× stage is the ordinary scan's)", 0
+        return None, "not normalised (an affine +/× stage is the ordinary scan's)", (0, 0)
     affine = any(isinstance(lv, Lin) and lv.affine for lv in mine)
     return Claim(algebra.key, affine=affine, normalised=all(norm) and bool(norm)), "", \
-        interp.progress
+        progress
 
 
 def evaluator(closed, n_state: int, stage_leaves: Sequence[int], n_other: int,

@@ -543,9 +543,14 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
                 raise PlanError(f"the stage of {', '.join(facts.names)} holds integer, boolean "
                                 f"or key state, which only the loop computes exactly; it "
                                 f"cannot run {requested!r}.")
-            choice = ("sequential", "integer, boolean or key state: the loop computes it "
-                      "exactly", (("scan", f"{', '.join(facts.names)} is integer, boolean or "
-                                           "key, not float/complex (a scan would round it)"),))
+            why = "integer, boolean or key state: the loop computes it exactly"
+            if facts.structure.jacobian == "zero" and ir.length > 0:
+                why = ("integer, boolean or key state that reads none of its own elements: "
+                       "computed exactly by a parallel map over the steps from the earlier "
+                       "stages' states")
+            choice = ("sequential", why, (("scan", f"{', '.join(facts.names)} is integer, "
+                                                   "boolean or key, not float/complex (a scan "
+                                                   "would round it)"),))
         else:
             choice = _choose(requested, facts, ir, cost,
                              need=scan_bytes(facts.structure, ir.length, n,

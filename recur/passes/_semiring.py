@@ -88,7 +88,7 @@ def analyse_semiring(ir: StepIR, elements: np.ndarray, structure: Structure) -> 
     if leaves is None:
         return SemiringFacts(None, why)
     n_other = len(ir.inputs) + len(ir.params)
-    best = ("", "", -1)
+    best = ("", "", (-1, -1))
     diagonal = structure.jacobian in ("diagonal", "zero")
     for alg in S.ALGEBRAS.values():
         claim, why, progress = S.analyse(ir.jaxpr, len(ir.state), leaves, n_other, alg)
@@ -99,7 +99,7 @@ def analyse_semiring(ir: StepIR, elements: np.ndarray, structure: Structure) -> 
             return SemiringFacts(claim, algebra=alg.key)
         if progress > best[2]:
             best = (alg.key, why, progress)
-    if best[2] <= 0:
+    if best[2] <= (0, 0):
         return SemiringFacts(None, "no ⊕ (log-sum-exp, max, min, or a normalised sum) of the "
                                    "state")
     return SemiringFacts(None, best[1], best[0])

@@ -7,7 +7,9 @@ own:
 
 * an **exact** stage (integer, boolean or key elements) or a stage whose method is
   ``sequential`` runs the loop on the leaves it touches, with every other element at each
-  step taken from the trajectory so far (``before_t``: the states at ``t - 1``);
+  step taken from the trajectory so far (``before_t``: the states at ``t - 1``); an exact
+  stage that reads none of its own elements (Viterbi's back-pointers, given the scores) is
+  a map: every step at once from ``before_t``, the same values the loop computes;
 * a **float** stage runs its method on the flat vector ``z`` of its elements
   (``ElementView``): ``f_s(z, x_t, before_t)`` writes ``z`` into ``before_t``, evaluates
   the step and reads the stage's elements back.
@@ -101,6 +103,22 @@ class StageRun:
             out[i] = v if m is None else jnp.where(m, v, hs[i])
         return out
 
+    def map(self, step, hs, h0, xs, p):
+        """A stage that reads none of its own elements (Viterbi's back-pointers given the
+        scores): every step at once from the earlier stages' states, exactly the values the
+        loop computes from them."""
+        before = shift_leaves(hs, h0)
+
+        def one(bef, x):
+            out = step(list(bef), [] if x is None else x, p)
+            return [out[i] for i in self.touched]
+
+        traj = jax.vmap(one)(before, xs)
+        out = list(hs)
+        for i, v, m in zip(self.touched, traj, self.masks):
+            out[i] = v if m is None else jnp.where(m, v, hs[i])
+        return out
+
     # ------------------------------------------------------------------ a float stage
     def flat(self, step, hs, h0, xs, p):
         """``(f_s, z0, xs_s)``: the stage as a recurrence on its flat vector."""
@@ -150,6 +168,9 @@ def run_stage(stage: StageRun, step, hs, h0, xs, p, T, options, *, init=None, ja
     """``(hs, StageStats)`` after running ``stage`` (``init``: ``(T, n_state)`` leaves-form
     guess or None)."""
     T_all = _sharding.global_length(T)
+    if stage.data.exact and stage.data.structure.jacobian == "zero" and T > 0:
+        return stage.map(step, hs, h0, xs, p), StageStats.make(
+            reason=Reason.SEQUENTIAL, evaluations=T_all)
     if stage.data.exact or stage.method.family == "loop":
         return stage.loop(step, hs, h0, xs, p, T), StageStats.make(
             reason=Reason.SEQUENTIAL, evaluations=T_all)
