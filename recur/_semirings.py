@@ -573,6 +573,8 @@ class Interpreter:
             if action is not None and action[0] == "call":
                 sub_vals = None if values is None else [value(a) for a in eqn.invars]
                 outs, out_vals = self.run(action[1], ins, sub_vals)
+                if out_vals is None:
+                    out_vals = [None] * len(eqn.outvars)
             elif values is not None:
                 invals = [value(a) for a in eqn.invars]
                 if self.mode == "linear" and action is not None:
