@@ -75,9 +75,10 @@ def filter_records(K, T, reps, max_work, peers):
             r["loglik_err_f64"] = abs(ll - exact)        # against a float64 forward filter
         elif r["method"] == "lax.scan":
             r["loglik_err_f64"] = abs(ref_ll - exact)
-    recs += dynamax(K, T, logA, logB, log_pi0, reps, peers, "filter",
-                    ("dynamax hmm_filter", "dynamax parallel_hmm_filter"),
-                    ref_ll=np.asarray(ref_ll), work=float(K) ** 3 * T, max_work=max_work)
+    for label, work in (("dynamax hmm_filter", float(K) ** 2 * T),
+                        ("dynamax parallel_hmm_filter", float(K) ** 3 * T)):
+        recs += dynamax(K, T, logA, logB, log_pi0, reps, peers, "filter", (label,),
+                        ref_ll=np.asarray(ref_ll), work=work, max_work=max_work)
     return finish_workload(recs, "hmm", {"task": "filter", "K": K, "n": K, "T": T,
                                          "dtype": "float32"})
 
