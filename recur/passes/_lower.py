@@ -22,7 +22,9 @@ Every method is an entry of ``recur/_methods.py``.  A forced method applies wher
 a forced iterative method leaves affine stages to the exact scan; exact stages always run
 the loop; a step that forward-mode autodiff cannot go through (a ``custom_vjp`` function)
 runs only the loop.  ``auto`` takes, per stage, the candidate (``sequential``; ``scan`` for
-affine stages; ``deer`` and ``quasi-deer`` otherwise) with the smallest time predicted by
+affine stages; ``deer`` and ``quasi-deer`` otherwise, and ``semiring`` where the semiring
+pass, ``_semiring.py``, finds and probes a stage linear over a semiring) with the smallest
+time predicted by
 the cost model of ``_cost.py`` for the plan's backend -- the reverse pass included when
 the plan is made for differentiation -- among those within the memory budget; and when the
 values are known and say the system is chaotic (``_contractivity.py``), ``auto`` keeps the
