@@ -1,6 +1,6 @@
 """A Gaussian-emission hidden Markov model: filtering, posteriors by ``jax.grad``, Viterbi.
 
-    python examples/hmm.py [--K 4] [--T 2000]
+    python examples/hmm.py [--quick] [--out DIR] [--K 4] [--T 2000]
 
 The three classical HMM recurrences are nonlinear in ordinary arithmetic and linear over a
 semiring, so recur runs each as one exact associative scan in that algebra
@@ -29,9 +29,16 @@ import types
 
 import jax
 import jax.numpy as jnp
+import matplotlib
 import numpy as np
 
-import recur
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import recur  # noqa: E402
+
+FIGURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures")
+NAME = "hmm"
 
 
 def gaussian_hmm(K: int, T: int, seed: int = 0):
@@ -126,10 +133,15 @@ def timed(fn, *args, reps=5):
 
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", metavar="DIR",
+                        default=os.environ.get("RECUR_FIGURES") or FIGURES,
+                        help="folder for the figure (default: $RECUR_FIGURES, else "
+                             "examples/figures)")
     parser.add_argument("--K", type=int, default=4)
     parser.add_argument("--T", type=int, default=2000)
     args = parser.parse_args()
-    K, T = args.K, args.T
+    K, T = args.K, (500 if args.quick else args.T)
     log_pi0, logA, logB, y, z = gaussian_hmm(K, T)
 
     print(recur.plan(forward, log_pi0, logB, logA).explain())
@@ -149,6 +161,9 @@ def main():
     print(f"posteriors sum to 1: max |Σ_k p - 1| = "
           f"{float(jnp.max(jnp.abs(post.sum(1) - 1))):.2e}; accuracy of argmax posterior "
           f"vs the true states: {float(np.mean(np.argmax(post, 1) == z)):.3f}")
+
+    post_loop = jax.jit(jax.grad(lambda b: log_likelihood(b, log_pi0, logA, "sequential")))(
+        logB)
 
     # Viterbi
     path = jax.jit(lambda b: decode(log_pi0, b, logA))(logB)
@@ -186,6 +201,27 @@ def main():
     print(f"\ntimes on {jax.devices()[0].device_kind} (median of 5, compiled), K={K}, T={T}:")
     for name, t in rows:
         print(f"  {name:36s} {t * 1e3:9.2f} ms")
+
+    fig, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
+    shown = slice(0, min(T, 300))
+    axes[0].plot(y[shown], ".", ms=3, color="0.5", label="observations")
+    mu = np.linspace(-2.0, 2.0, K)
+    axes[0].plot(mu[z[shown]], lw=1.5, label="true state mean")
+    axes[0].plot(mu[np.asarray(path)[shown]], "--", lw=1.2, label="Viterbi (semiring scan)")
+    axes[0].legend(loc="upper right", fontsize=8)
+    axes[1].imshow(np.asarray(post)[shown].T, aspect="auto", origin="lower",
+                   interpolation="nearest", cmap="Greys")
+    axes[1].set_ylabel("state")
+    axes[1].set_xlabel("t")
+    axes[1].set_title("posterior marginals p(z_t | y) = ∂ log p(y) / ∂ log B (jax.grad)",
+                      fontsize=9)
+    fig.tight_layout()
+    os.makedirs(args.out, exist_ok=True)
+    fig.savefig(os.path.join(args.out, f"{NAME}.png"), dpi=100)
+    diffs = [abs(values["semiring"] - values["sequential"]) / (1 + abs(values["sequential"])),
+             float(jnp.max(jnp.abs(post - post_loop))),
+             float(jnp.mean(path != loop_path))]
+    print(f"AGREEMENT {NAME} {max(diffs):.3e}")
 
 
 if __name__ == "__main__":
