@@ -198,7 +198,7 @@ def main():
                  ("dynamax parallel_hmm_filter", timed(f_par, logB)),
                  ("dynamax hmm_smoother", timed(smooth, logB)),
                  ("dynamax hmm_posterior_mode", timed(mode, logB))]
-    print(f"\ntimes on {jax.devices()[0].device_kind} (median of 5, compiled), K={K}, T={T}:")
+    print(f"\ntiming on {jax.devices()[0].platform} (median of 5, compiled), K={K}, T={T}:")
     for name, t in rows:
         print(f"  {name:36s} {t * 1e3:9.2f} ms")
 
