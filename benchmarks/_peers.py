@@ -12,6 +12,8 @@ recorded as such (see ``run``).
   Run with ``jax_cpu_enable_async_dispatch=False``: with jax 0.10.2 on this CPU the second
   call of the compiled ``parallel_lgssm_filter`` at T = 10^4 never returned (every thread
   waiting on a futex) with asynchronous dispatch on, and ran in ~0.1 s with it off.
+* ``dynamax-hmm``: ``hmm_filter``, ``parallel_hmm_filter``, ``hmm_smoother`` and
+  ``hmm_posterior_mode`` on the ``hmm`` workload.
 * ``pararnn``: ``pararnn-torch`` (ParaRNN's Newton + scan, CPU torch) on the ``gru``
   reference problem.
 """
@@ -112,12 +114,61 @@ def _pararnn(a: dict, opts: dict) -> list[dict]:
                      "the initial guess)", **timing_fields(times, first_s)}]
 
 
+def _dynamax_hmm(a: dict, opts: dict) -> list[dict]:
+    """dynamax's HMM inference (``hmm`` workload): filters, smoother, posterior mode.  Only
+    its HMM inference modules are loaded (``examples/hmm.py: load_dynamax``: dynamax's
+    package ``__init__`` imports TensorFlow Probability and sets a global matmul
+    precision)."""
+    import jax
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    import jax.numpy as jnp
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    from hmm import load_dynamax
+
+    from ._common import time_jitted, timing_fields
+    dyn, why = load_dynamax()
+    if dyn is None:
+        return [{"method": m, "candidate": "peer", "skipped": why} for m in opts["labels"]]
+    inference, parallel = dyn
+    pi1, A, logB = (jnp.asarray(a[k], jnp.float32) for k in ("pi1", "A", "logB"))
+    tasks = {
+        "dynamax hmm_filter": (lambda b: inference.hmm_filter(pi1, A, b).marginal_loglik,
+                               "ref_ll"),
+        "dynamax parallel_hmm_filter": (
+            lambda b: parallel.hmm_filter(pi1, A, b).marginal_loglik, "ref_ll"),
+        "dynamax hmm_smoother": (lambda b: inference.hmm_smoother(pi1, A, b).smoothed_probs,
+                                 "ref_post"),
+        "dynamax hmm_posterior_mode": (lambda b: inference.hmm_posterior_mode(pi1, A, b),
+                                       "ref_path"),
+    }
+    out = []
+    for label in opts["labels"]:
+        fn, ref = tasks[label]
+        if ref not in a:
+            continue
+        try:
+            res, compile_s, times = time_jitted(fn, (logB,), opts["reps"])
+        except Exception as e:  # noqa: BLE001 - report and go on
+            out.append({"method": label, "candidate": "peer",
+                        "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            continue
+        rec = {"method": label, "candidate": "peer", "ran": why, "task": opts["task"],
+               **timing_fields(times, compile_s)}
+        if ref == "ref_path":
+            rec["paths_equal"] = bool(np.all(np.asarray(res) == a[ref]))
+        else:
+            rec["max_abs_err"] = _errors(res, a[ref])
+        out.append(rec)
+    return out
+
+
 def main(argv=None) -> None:
     name, inp, out = (argv or sys.argv[1:])[:3]
     with np.load(inp) as data:
         arrays = {k: data[k] for k in data.files if k != "__options__"}
         opts = json.loads(str(data["__options__"]))
-    recs = {"dynamax": _dynamax, "pararnn": _pararnn}[name](arrays, opts)
+    recs = {"dynamax": _dynamax, "pararnn": _pararnn,
+            "dynamax-hmm": _dynamax_hmm}[name](arrays, opts)
     with open(out, "w") as fh:
         json.dump(recs, fh)
 

@@ -250,9 +250,10 @@ class StageData:
     elements: np.ndarray
     structure: Structure
     exact: bool = False
+    semiring: Any = None  # a ``_semirings.Claim`` when the stage is linear in a semiring
 
     def key(self) -> tuple:
-        return (self.elements.tobytes(), self.structure.key(), self.exact)
+        return (self.elements.tobytes(), self.structure.key(), self.exact, self.semiring)
 
 
 def compute_dtype(dtypes: Sequence[Any]) -> np.dtype:
@@ -274,6 +275,7 @@ def jaxpr_step(ir: StepIR, consts: Sequence[Any]):
     def call(h_leaves, x_leaves, p_leaves):
         return eval_jaxpr(closed, *h_leaves, *x_leaves, *p_leaves)
 
+    call.closed = closed  # the semiring scan evaluates the same jaxpr in its own modes
     return call
 
 

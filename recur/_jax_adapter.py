@@ -105,6 +105,15 @@ def eval_jaxpr(closed: ClosedJaxpr, *args: Any) -> list[Any]:
     return _jex_core.jaxpr_as_fun(closed)(*args)
 
 
+def bind_eqn(eqn: JaxprEqn, values: list[Any]) -> list[Any]:
+    """Evaluate one equation on ``values`` (its operands), as ``eval_jaxpr`` does; always a
+    list of results."""
+    params = eqn.primitive.get_bind_params(eqn.params)
+    with eqn.ctx.manager:
+        out = eqn.primitive.bind(*values, **params)
+    return list(out) if eqn.primitive.multiple_results else [out]
+
+
 __all__ = [
     "ClosedJaxpr",
     "DropVar",
@@ -117,6 +126,7 @@ __all__ = [
     "as_closed",
     "eqn_source",
     "eval_jaxpr",
+    "bind_eqn",
     "is_concrete",
     "is_jaxpr",
     "is_literal",

@@ -34,7 +34,8 @@ class Method:
     """What recur knows about one method.
 
     ``family``: ``"loop"`` (the sequential ``lax.scan``), ``"scan"`` (an exact associative
-    scan of an affine stage) or ``"iterative"`` (the DEER family).  ``linearisation``
+    scan of an affine stage), ``"semiring"`` (an exact associative scan of a stage that is
+    linear over a semiring, ``runtime/_semiring.py``) or ``"iterative"`` (the DEER family).  ``linearisation``
     (iterative only): ``"jacobian"`` (the true, structured Jacobian), ``"diagonal"`` (its
     diagonal), ``"identity"`` or ``"zero"``.  ``newton``: the linearisation is exact, so the
     next correction estimates the error of the current iterate to second order.
@@ -73,6 +74,11 @@ register(Method(
     expected_iterations=0, auto=True))
 register(Method(
     "scan", "scan", why="exact for this affine stage: one associative scan",
+    expected_iterations=1, auto=True, needs_jvp=True))
+register(Method(
+    "semiring", "semiring",
+    why="exact for a stage linear over a semiring (log-sum-exp/+, max/+, min/+, max/×, "
+        "min/×, normalised +/×): one associative scan in that algebra",
     expected_iterations=1, auto=True, needs_jvp=True))
 register(Method(
     "deer", "iterative", linearisation="jacobian", a_tilde="the true Jacobian",

@@ -19,6 +19,12 @@ def test_adapter_names_exist_and_work():
     (out,) = jx.eval_jaxpr(closed, jnp.zeros(2))
     assert float(out[0]) == 1.0
     assert jx.is_concrete(jnp.ones(1))
+    # one equation at a time (the semiring scan's interpreter), calls included
+    (sin,) = jx.bind_eqn(closed.jaxpr.eqns[0], [jnp.zeros(2)])
+    assert float(sin[0]) == 0.0
+    lse = jax.make_jaxpr(lambda a, b: jnp.logaddexp(a, b))(jnp.zeros(2), jnp.zeros(2))
+    (out,) = jx.bind_eqn(lse.jaxpr.eqns[0], [jnp.zeros(2), jnp.zeros(2)])
+    assert abs(float(out[0]) - float(jnp.log(2.0))) < 1e-6
 
 
 def test_only_the_adapter_imports_jax_internals():

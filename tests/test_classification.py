@@ -90,8 +90,10 @@ def test_catalog(name):
     assert plan.kind == kind
     if kind in ("linear", "affine"):
         assert plan.method == "scan"
-    else:  # nonlinear stages get a DEER-family solver on GPU, the loop on CPU
-        assert plan.method in ("deer", "quasi-deer")
+    else:  # nonlinear stages get a DEER-family solver on GPU (or, linear over a semiring,
+        # the exact semiring scan), the loop on CPU
+        assert plan.method == ("semiring" if name == "running max" else plan.method)
+        assert plan.method in ("deer", "quasi-deer", "semiring")
         cpu = recur.plan(fn, jax.ShapeDtypeStruct((n,), jnp.float64), xs, backend="cpu")
         assert cpu.method == "sequential"
         assert "predicted" in cpu.stages[0].why and "predicted" in dict(cpu.stages[0].rejected)[

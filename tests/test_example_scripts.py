@@ -32,6 +32,8 @@ SCRIPTS = {
     # float64; windowed deer accepts steps at residual <= 1e-12 (1 + |x|), which Lyapunov
     # growth (e^(0.0136 T) ~ 8e5 at T = 1000) amplifies to ~2e-6; whole-sequence runs fall back
     "lorenz96": 1e-4,
+    # float32: log p(y) relative, posterior marginals (grad), Viterbi path (fraction differing)
+    "hmm": 1e-4,
 }
 
 

@@ -52,7 +52,7 @@ def lyapunov_along_loop(ir: StepIR, h0: Any, xs: Any, params: Any) -> float | No
     if ir.reverse:
         x_leaves = [jnp.flip(v, 0) for v in x_leaves]
     h_leaves = [jnp.asarray(v) for v in jax.tree_util.tree_leaves(h0)]
-    v0 = jnp.ones((view.n,), view.dtype) / np.sqrt(view.n)
+    v0 = jnp.full((view.n,), 1 / np.sqrt(view.n), view.dtype)  # strict promotion: no f64
 
     @jax.jit
     def run(h_leaves, v0, x_leaves, p_leaves):

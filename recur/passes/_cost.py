@@ -172,14 +172,18 @@ def predict(method: str, *, backend: str, T: int, n: int, flops: float, jacobian
     if method == "scan":
         forward = pass_time(J) + kernel + pass_time(0)
         return forward * (1 + (c.scan_backward if backward else 0.0))
-    k = iterations if iterations is not None else \
-        min(_methods.get(method).expected_iterations, T)
-    forward = (k + 1) * (pass_time(J) + c.iteration_s + kernel)
     # reverse mode: the tangent solve -- the true Jacobians read off 2 applications of the
     # linearised step per colour, one adjoint scan -- and the transposed step
     tj, tc = _jvps_and_coefficients("deer", jacobian, n, blocks_shape, colours)
     t_kernel = 0.0 if tc == 0 else T * (c.scan_step_s + tc * c.scan_elem_s)
     back = pass_time(2 * tj) + t_kernel + pass_time(0)
+    if _methods.get(method).family == "semiring":
+        # coefficients (one evaluation per colour), the scan, the offset and the check
+        forward = pass_time(J) + kernel + 2 * pass_time(0)
+        return forward + (back if backward else 0.0)
+    k = iterations if iterations is not None else \
+        min(_methods.get(method).expected_iterations, T)
+    forward = (k + 1) * (pass_time(J) + c.iteration_s + kernel)
     return forward + (back if backward else 0.0)
 
 

@@ -57,7 +57,7 @@ def _communication(stage, data, devices: int, itemsize: int) -> str:
         return (f"sequential loop in {devices} rounds: {devices - 1} x {_bytes(state)} passed "
                 f"device to device (ppermute); wall time of one loop over T, no inputs gathered")
     summary = devices * (_summary_elements(data.structure, method, n) + n) * itemsize
-    if method == "scan":
+    if method in ("scan", "semiring"):
         return (f"one all_gather of chunk summaries ({_bytes(summary)}), one boundary state "
                 f"({_bytes(state)}, ppermute) and 2 scalar all-reduces for the check")
     return (f"per iteration: boundary state {_bytes(state)} (ppermute), all_gather of chunk "

@@ -22,7 +22,9 @@ Every method is an entry of ``recur/_methods.py``.  A forced method applies wher
 a forced iterative method leaves affine stages to the exact scan; exact stages always run
 the loop; a step that forward-mode autodiff cannot go through (a ``custom_vjp`` function)
 runs only the loop.  ``auto`` takes, per stage, the candidate (``sequential``; ``scan`` for
-affine stages; ``deer`` and ``quasi-deer`` otherwise) with the smallest time predicted by
+affine stages; ``deer`` and ``quasi-deer`` otherwise, and ``semiring`` where the semiring
+pass, ``_semiring.py``, finds and probes a stage linear over a semiring) with the smallest
+time predicted by
 the cost model of ``_cost.py`` for the plan's backend -- the reverse pass included when
 the plan is made for differentiation -- among those within the memory budget; and when the
 values are known and say the system is chaotic (``_contractivity.py``), ``auto`` keeps the
@@ -47,6 +49,7 @@ from ._cost import fmt_seconds
 from ._dependency import jacobian_sparsity
 from ._linearity import Linearity, analyse_linearity
 from ._options import check_options, decisions, requested_probes
+from ._semiring import SemiringFacts, analyse_semiring, print_semiring, verify_semiring
 from ._stages import stage_elements
 from ._structure import analyse_structure
 from ._verify import Values, Verification, verify
@@ -175,6 +178,7 @@ class _Facts:
     jacobian: str
     sub: np.ndarray
     unconfirmed: str = ""
+    semiring: SemiringFacts | None = None  # stages that are not affine (the semiring pass)
 
 
 def _classify(ir: StepIR, pattern, index, elements, exact, options, values) -> tuple[_Facts, list]:
@@ -214,8 +218,19 @@ def _classify(ir: StepIR, pattern, index, elements, exact, options, values) -> t
                      f"instead of {len(elements)}")
     kind = _kind(structure, affine, linear)
     jac = _jacobian_name(structure, affine, unit, scalar, sub)
+    semiring = None
+    if not exact and not affine:
+        semiring = analyse_semiring(ir, elements, structure)
+        if semiring.claim is not None:
+            if options.get("verify", True):
+                ok, sr_notes = verify_semiring(ir, elements, structure, semiring.claim,
+                                               values=values)
+            else:
+                ok, sr_notes = True, ("not probed: verify=False",)
+            semiring = dataclasses.replace(semiring, checked=ok, notes=sr_notes)
+            notes += [f"stage {index}: {n}" for n in sr_notes if ok is not True]
     return _Facts(index, elements, exact, names, structure, affine, linear, reasons, checked,
-                  kind, jac, sub, unconfirmed), notes
+                  kind, jac, sub, unconfirmed, semiring), notes
 
 
 def _gb(x: float) -> str:
@@ -311,6 +326,17 @@ def _choose(requested: str, facts: _Facts, ir: StepIR, cost: _StageCost, need: f
                             f"{names}: {scan_no}. Use method='sequential' (or 'auto').")
         return "scan", "requested; exact for this affine stage", \
             (("sequential", "not requested"),)
+    semiring_ok, semiring_no = _semiring_candidate(facts, no_jvp)
+    if requested == "semiring":
+        if scan_ok:
+            return "scan", ("semiring was requested, but this stage is affine: the ordinary "
+                            "exact scan solves it"), (("semiring", "the stage is affine"),)
+        if not semiring_ok:
+            raise PlanError(f"method='semiring' needs a recurrence that is linear over a "
+                            f"semiring, but in the stage of {names}: {semiring_no}. Use "
+                            "method='sequential' (or 'auto').")
+        return "semiring", f"requested; exact: {_semiring_why(facts)}", \
+            (("sequential", "not requested"),)
     if requested == "sequential":
         return "sequential", "requested", \
             ((("scan", "not requested") if scan_ok else ("scan", scan_no)),)
@@ -323,10 +349,32 @@ def _choose(requested: str, facts: _Facts, ir: StepIR, cost: _StageCost, need: f
             raise PlanError(f"method={requested!r} cannot run the stage of {names}: {no_jvp}. "
                             "Use method='sequential' (or 'auto').")
         return requested, f"requested; {m.why}", (("scan", scan_no),)
-    return _choose_by_cost(facts, scan_ok, scan_no, no_jvp, cost)
+    return _choose_by_cost(facts, scan_ok, scan_no, no_jvp, cost, semiring_ok, semiring_no)
 
 
-def _choose_by_cost(facts: _Facts, scan_ok, scan_no, no_jvp, cost: _StageCost):
+def _semiring_candidate(facts: _Facts, no_jvp: str) -> tuple[bool, str]:
+    """Whether the stage may run ``semiring`` (its claim confirmed), else why not."""
+    sr = facts.semiring
+    if facts.affine or sr is None:
+        return False, "the stage is affine" if facts.affine else "not analysed"
+    if not sr.usable:
+        return False, sr.text() if sr.claim is None else \
+            f"{sr.claim.describe()}, but {'; '.join(sr.notes) or 'unconfirmed'}"
+    if no_jvp:
+        return False, no_jvp
+    return True, ""
+
+
+def _semiring_why(facts: _Facts) -> str:
+    claim = facts.semiring.claim
+    head = "one associative scan in that algebra"
+    if claim.normalised:
+        head = "one associative scan of its linear part, normalised as it goes"
+    return f"{claim.describe()}: {head}"
+
+
+def _choose_by_cost(facts: _Facts, scan_ok, scan_no, no_jvp, cost: _StageCost,
+                    semiring_ok=False, semiring_no=""):
     """``auto``: the candidate with the smallest predicted time (``_cost.py``)."""
     predicted = {"sequential": cost("sequential")}
     excluded = []
@@ -334,6 +382,10 @@ def _choose_by_cost(facts: _Facts, scan_ok, scan_no, no_jvp, cost: _StageCost):
         predicted["scan"] = cost("scan")
     else:
         excluded.append(("scan", scan_no))
+    if semiring_ok:
+        predicted["semiring"] = cost("semiring")
+    elif not facts.affine and facts.semiring is not None:
+        excluded.append(("semiring", semiring_no))
     if not facts.affine:
         if no_jvp:
             excluded += [("deer", no_jvp), ("quasi-deer", no_jvp)]
@@ -351,6 +403,8 @@ def _choose_by_cost(facts: _Facts, scan_ok, scan_no, no_jvp, cost: _StageCost):
                      for m, t in sorted(predicted.items(), key=lambda kv: kv[1]) if m != best)
     rejected += tuple(excluded)
     head = _AUTO_HEAD.get(best) or f"Newton (DEER) with {facts.jacobian} Jacobians"
+    if best == "semiring":
+        head = f"the exact scan over {facts.semiring.claim.alg.name}"
     why = (f"{'affine' if facts.affine else 'not affine'}; {head} is predicted fastest on "
            f"{cost.backend} ({fmt_seconds(t_best)}; cost model: {cost.source_short})")
     if _methods.is_iterative(best):
@@ -491,15 +545,22 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
                 raise PlanError(f"the stage of {', '.join(facts.names)} holds integer, boolean "
                                 f"or key state, which only the loop computes exactly; it "
                                 f"cannot run {requested!r}.")
-            choice = ("sequential", "integer, boolean or key state: the loop computes it "
-                      "exactly", (("scan", f"{', '.join(facts.names)} is integer, boolean or "
-                                           "key, not float/complex (a scan would round it)"),))
+            why = "integer, boolean or key state: the loop computes it exactly"
+            if facts.structure.jacobian == "zero" and ir.length > 0:
+                why = ("integer, boolean or key state that reads none of its own elements: "
+                       "computed exactly by a parallel map over the steps from the earlier "
+                       "stages' states")
+            choice = ("sequential", why, (("scan", f"{', '.join(facts.names)} is integer, "
+                                                   "boolean or key, not float/complex (a scan "
+                                                   "would round it)"),))
         else:
             choice = _choose(requested, facts, ir, cost,
                              need=scan_bytes(facts.structure, ir.length, n,
                                              stage_dtype.itemsize))
         candidates = ["sequential"] + ([] if exact or not ir.has_jvp else
                                        ["scan"] if facts.affine else ["deer", "quasi-deer"])
+        if facts.semiring is not None and facts.semiring.usable and ir.has_jvp:
+            candidates.append("semiring")
         cost_rows.append((index, [(m, cost(m)) for m in candidates]))
         facts_list.append(facts)
         choices.append(choice)
@@ -518,7 +579,9 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
                         if any(leaf == nm.split("[")[0] or leaf == nm for nm in facts.names)),
             evidence=_report.evidence(facts.kind, facts.reasons, facts.checked,
                                       staged and facts.index > 0, facts.exact,
-                                      facts.unconfirmed),
+                                      facts.unconfirmed)
+            + (f"; {facts.semiring.text()}" if facts.semiring is not None
+               and facts.semiring.claim is not None else ""),
             why=why, blocks=structure.block_sizes if structure.jacobian.startswith("block")
             else (),
             estimates=_report.estimates(chosen, structure, ir.length, n, stage_dtype.itemsize,
@@ -526,7 +589,8 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
             + (("predicted time", fmt_seconds(cost(chosen))),),
             rejected=rejected, colours=structure.n_colours,
             jacobian_note=_report.jacobian_note(structure, n)))
-        data.append(StageData(elements=facts.elements, structure=structure, exact=facts.exact))
+        data.append(StageData(elements=facts.elements, structure=structure, exact=facts.exact,
+                              semiring=facts.semiring.claim if chosen == "semiring" else None))
     whole = analyse_linearity(ir)
     passes = (
         ("trace", str(ir.jaxpr)),
@@ -538,6 +602,7 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
             f"stage {f.index}: structure {f.checked.structure_ok}, affine "
             f"{f.checked.affine_ok}, scalar {f.checked.scalar}"
             + "".join(f"\n  {n}" for n in f.checked.notes) for f in facts_list)),
+        ("semiring", print_semiring((f.index, f.semiring) for f in facts_list)),
         ("cost", _report.print_costs(_cost.constants(backend).source, step_flops, cost_rows)),
         ("lowering", "\n".join(f"stage {i} ({', '.join(st.states)}): {st.method}: {st.why}"
                                for i, st in enumerate(stages))),

@@ -72,7 +72,7 @@ def estimates(method: str, structure: Structure, T: int, n: int, itemsize: int,
             "work": 2 * T * (coeff * max(k, 1) + n),
             "depth": int(np.ceil(np.log2(max(T, 2)))) * 2,
             "memory": T * (coeff + 2 * n) * itemsize}
-    if m.family == "scan":
+    if m.family in ("scan", "semiring"):
         return tuple(scan.items())
     iters = min(m.expected_iterations, max(T, 1))
     memory = scan["memory"] if m.linearisation == "jacobian" else T * 3 * n * itemsize

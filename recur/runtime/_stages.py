@@ -7,7 +7,9 @@ own:
 
 * an **exact** stage (integer, boolean or key elements) or a stage whose method is
   ``sequential`` runs the loop on the leaves it touches, with every other element at each
-  step taken from the trajectory so far (``before_t``: the states at ``t - 1``);
+  step taken from the trajectory so far (``before_t``: the states at ``t - 1``); an exact
+  stage that reads none of its own elements (Viterbi's back-pointers, given the scores) is
+  a map: every step at once from ``before_t``, the same values the loop computes;
 * a **float** stage runs its method on the flat vector ``z`` of its elements
   (``ElementView``): ``f_s(z, x_t, before_t)`` writes ``z`` into ``before_t``, evaluates
   the step and reads the stage's elements back.
@@ -101,6 +103,22 @@ class StageRun:
             out[i] = v if m is None else jnp.where(m, v, hs[i])
         return out
 
+    def map(self, step, hs, h0, xs, p):
+        """A stage that reads none of its own elements (Viterbi's back-pointers given the
+        scores): every step at once from the earlier stages' states, exactly the values the
+        loop computes from them."""
+        before = shift_leaves(hs, h0)
+
+        def one(bef, x):
+            out = step(list(bef), [] if x is None else x, p)
+            return [out[i] for i in self.touched]
+
+        traj = jax.vmap(one)(before, xs)
+        out = list(hs)
+        for i, v, m in zip(self.touched, traj, self.masks):
+            out[i] = v if m is None else jnp.where(m, v, hs[i])
+        return out
+
     # ------------------------------------------------------------------ a float stage
     def flat(self, step, hs, h0, xs, p):
         """``(f_s, z0, xs_s)``: the stage as a recurrence on its flat vector."""
@@ -117,6 +135,25 @@ class StageRun:
             return view.gather(step(view.scatter(z, bef), [] if x is None else x, p))
         return f_s, z0, (xs, before)
 
+    def semiring_modes(self, step, p):
+        """The stage's step in the semiring's ``"linear"`` and ``"offset"`` modes
+        (``_semirings.evaluator``) as ``(z, x) -> (z', coefficients)`` like ``flat``'s
+        (``f_off`` None for a linear stage)."""
+        from .._semirings import evaluator
+        ir, view, claim = self.ir, self.view, self.data.semiring
+        n_other = len(ir.inputs) + len(ir.params)
+
+        def flat(mode):
+            run = evaluator(step.closed, len(ir.state), self.touched, n_other, claim, mode)
+
+            def f(z, xb):
+                x, bef = (xb, None) if view.complete else xb
+                out, coefs = run(view.scatter(z, bef), [] if x is None else x, p)
+                return view.gather(out), coefs
+            return f
+
+        return flat("linear"), (flat("offset") if claim.affine else None)
+
     def tolerances(self, options):
         view = self.view
         dtypes = [self.ir.state[i].dtype for i, _, _ in view.parts]
@@ -131,6 +168,9 @@ def run_stage(stage: StageRun, step, hs, h0, xs, p, T, options, *, init=None, ja
     """``(hs, StageStats)`` after running ``stage`` (``init``: ``(T, n_state)`` leaves-form
     guess or None)."""
     T_all = _sharding.global_length(T)
+    if stage.data.exact and stage.data.structure.jacobian == "zero" and T > 0:
+        return stage.map(step, hs, h0, xs, p), StageStats.make(
+            reason=Reason.SEQUENTIAL, evaluations=T_all)
     if stage.data.exact or stage.method.family == "loop":
         return stage.loop(step, hs, h0, xs, p, T), StageStats.make(
             reason=Reason.SEQUENTIAL, evaluations=T_all)
@@ -140,7 +180,13 @@ def run_stage(stage: StageRun, step, hs, h0, xs, p, T, options, *, init=None, ja
     on_failure = options.get("on_failure", "sequential")
     chunk = options.get("chunk")
     check = options.get("check", True)
-    if stage.method.iterative:
+    if stage.method.family == "semiring":
+        from ._semiring import solve_semiring
+        f_lin, f_off = stage.semiring_modes(step, p)
+        zs, st = solve_semiring(f_s, f_lin, f_off, z0, xs_s, claim=stage.data.semiring,
+                                structure=stage.data.structure, length=T, tolerances=tol,
+                                chunk=chunk, fallback=on_failure == "sequential")
+    elif stage.method.iterative:
         guess = None if init is None else stage.view.gather(init, lead=(T,))
         zs, st, _ = solve_nonlinear(
             f_s, z0, xs_s, method=stage.method.name, structure=stage.data.structure,
