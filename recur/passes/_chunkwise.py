@@ -660,4 +660,104 @@ def analyse(ir: StepIR, outputs: Outputs | None, values: Values | None = None,
     return form, "\n".join(lines)
 
 
-__all__ = ["analyse", "Refused"]
+# ----------------------------------------------------------------------------- lowering
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """The chunkwise form a plan runs (``form.chunk`` set) and its estimates."""
+
+    form: ChunkForm
+    estimates: tuple
+
+
+def dims(form: ChunkForm) -> list:
+    """Per leaf ``(b, K, V, R, m, d)`` for the cost model."""
+    out = []
+    for i, lf in enumerate(form.leaves):
+        R = sum(_rank_of(t) for t in lf.terms) or 1
+        m = sum(1 for r in form.readouts if r.leaf == i)
+        d = lf.K if lf.kind == "row" else 1
+        out.append((lf.b, lf.K, lf.V, R, m, d))
+    return out
+
+
+def _bytes(v: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if v >= scale:
+            return f"{v / scale:.3g} {unit}"
+    return f"{int(v)} B"
+
+
+def decide(ir: StepIR, outputs: Outputs | None, values, wanted, choices, costs, *,
+           backend: str, backward: bool, sharded: bool, verify: bool = True):
+    """``(Decision or None, choices, text)``: whether the plan runs ``chunked`` -- requested
+    (every stage asks for it), or under ``auto`` where the cost model predicts it faster
+    than what the stages chose -- with the chunk size the model predicts fastest."""
+    from .._errors import PlanError
+    from . import _cost
+    requested = "chunked" in wanted
+    if outputs is None:
+        raise PlanError("method='chunked' computes per-step outputs without storing the "
+                        "states, so it needs a recur.lax.scan body f(carry, x) -> (carry, y); "
+                        "recur.scan returns every state (use method='scan' there).")
+    if requested and not all(w == "chunked" for w in wanted):
+        raise PlanError("method='chunked' runs the whole body (every state leaf at once); "
+                        "it cannot be given to some stages only.")
+    form, text = analyse(ir, outputs, values, verify)
+    if form is None:
+        if requested:
+            raise PlanError(f"method='chunked' cannot run this body: "
+                            f"{text.removeprefix('no chunkwise form: ')}. Use method='auto'.")
+        why = text.splitlines()[0].removeprefix("no chunkwise form: ")
+        return None, [(m, w, r + (("chunked", why),)) for m, w, r in choices], text
+    T = ir.length
+    leaves = dims(form)
+    body_flops = _cost.jaxpr_flops(outputs.jaxpr)
+    C, t = _cost.choose_chunk(backend, T, leaves, body_flops, backward)
+    N = -(-max(T, 1) // C)
+    itemsize = max(np.dtype(lf.dtype).itemsize for lf in form.leaves)
+    y_el = sum(leaf.size for leaf in outputs.leaves)
+    mem = _cost.chunked_bytes(T, C, leaves, y_el, itemsize)
+    states = float(T) * sum(leaf.size for leaf in ir.state) * itemsize
+    budget = costs[0].budget if costs else float("inf")
+    text += (f"\nchunk size C = {C} (the cost model's fastest), {N} chunks: predicted "
+             f"{_cost.fmt_seconds(t)}; temporary memory about {_bytes(mem)} (all T states "
+             f"would be {_bytes(states)})")
+    estimates = (("chunk", C), ("chunks", N), ("memory", int(mem)),
+                 ("predicted time", _cost.fmt_seconds(t)))
+    decision = Decision(dataclasses.replace(form, chunk=C), estimates)
+    kinds = ", ".join(sorted({lf.kind for lf in form.leaves}))
+    head = (f"a decayed linear-attention body (decay {kinds}): its chunkwise form, C = {C}, "
+            f"never stores the T states")
+    if requested:
+        if mem > budget:
+            raise PlanError(f"method='chunked' needs about {_bytes(mem)}, over the memory "
+                            f"budget of {_bytes(budget)}; raise memory_limit or use "
+                            "method='sequential'.")
+        return decision, [("chunked", f"requested; {head}", (("sequential", "not requested"),))
+                          for _ in choices], text
+    if sharded:
+        note = "no sequence-parallel form yet (one device only)"
+    elif mem > budget:
+        note = f"needs about {_bytes(mem)}, over the memory budget of {_bytes(budget)}"
+    elif not all(w == "auto" for w in wanted):
+        note = "not requested"
+    else:
+        t_now = sum(cost(m) for cost, (m, _, _) in zip(costs, choices))
+        if t < t_now:
+            src = costs[0].source_short if costs else "the cost model"
+            new = []
+            for cost, (m, w, r) in zip(costs, choices):
+                rej = ((m, f"predicted {_cost.fmt_seconds(cost(m))} for this stage against "
+                           f"{_cost.fmt_seconds(t)} for the chunkwise form of the whole body"),)
+                new.append(("chunked", f"{head}; predicted fastest on {backend} "
+                                       f"({_cost.fmt_seconds(t)}; cost model: {src})",
+                            rej + tuple(x for x in r if x[0] != m)))
+            return decision, new, text
+        note = (f"predicted {_cost.fmt_seconds(t)} (C = {C}) against "
+                f"{_cost.fmt_seconds(t_now)}")
+    return None, [(m, w, r + (("chunked", note),)) for m, w, r in choices], \
+        text + f"\nnot used: {note}"
+
+
+__all__ = ["analyse", "Refused", "decide", "Decision", "dims"]

@@ -47,12 +47,25 @@ from .._chunkform import ChunkForm, LeafForm
 
 def _segment_products(g, C: int):
     """``g``: ``(N, C, b, d)`` -> ``P``: ``(N, C, C+1, b, d)`` with ``P[n, t, s+1]`` the
-    product of ``g[n, u]`` over ``s < u ≤ t`` (1 for ``s = t``, 0 for ``s > t``)."""
+    product of ``g[n, u]`` over ``s < u ≤ t`` (1 for ``s = t``, 0 for ``s > t``).
+
+    One decay per head (``d = 1``): cumulative products along ``t`` for every start ``s``
+    (exact for any gate, zero, negative or complex, and cheap at ``C² b`` per chunk).  A
+    decay per row (``d = K``): the same sums in log space, ``exp(Σ_{s<u≤t} log g_u)``, each
+    segment summed from its own start (Mamba-2's ``segsum``: rounding relative to the
+    segment, not to the chunk) -- a gate of exactly zero gives the right value but no
+    derivative, and a negative real gate a non-finite result, which the run's check sends
+    to the loop."""
     t = jnp.arange(C)[:, None]
     s = jnp.arange(-1, C)[None, :]
-    factors = jnp.where((t > s)[None, :, :, None, None], g[:, :, None], jnp.ones((), g.dtype))
-    P = jnp.cumprod(factors, axis=1)
-    return jnp.where((t >= s)[None, :, :, None, None], P, jnp.zeros((), g.dtype))
+    inside = (t > s)[None, :, :, None, None]
+    keep = (t >= s)[None, :, :, None, None]
+    if g.shape[-1] == 1:
+        P = jnp.cumprod(jnp.where(inside, g[:, :, None], jnp.ones((), g.dtype)), axis=1)
+        return jnp.where(keep, P, jnp.zeros((), g.dtype))
+    logs = jnp.log(g)
+    L = jnp.cumsum(jnp.where(inside, logs[:, :, None], jnp.zeros((), logs.dtype)), axis=1)
+    return jnp.exp(jnp.where(keep, L, jnp.asarray(-jnp.inf, L.real.dtype)))
 
 
 def leaf_readouts(lf: LeafForm, g, k, v, Q, S0, C: int):
@@ -115,7 +128,7 @@ def leaf_readouts(lf: LeafForm, g, k, v, Q, S0, C: int):
         final, starts = lax.scan(boundary, S0, (U, P_all))
     r_inter = jnp.einsum("ntmbk,nbkv->ntmbv", inter_q, starts)
     r = (r_intra + r_inter).reshape(N * C, m, b, V)[:T]
-    return final, r
+    return final, r, starts
 
 
 def pieces_all(form: ChunkForm, consts, xs, T: int):
@@ -132,7 +145,7 @@ def chunked_scan(form: ChunkForm, consts, h_leaves, xs, T: int, C: int):
     readouts in the axes of their body values, ``(T, ...)``; boundary states per leaf
     ``(N, b, K, V)`` (the state before each chunk)."""
     leaves, qs = pieces_all(form, consts, xs, T)
-    finals, reads = [], [None] * len(form.readouts)
+    finals, reads, boundaries = [], [None] * len(form.readouts), []
     for i, (lf, (g, k, v)) in enumerate(zip(form.leaves, leaves)):
         S0 = lf.canon(h_leaves[i]).astype(k.dtype)
         mine = [j for j, r in enumerate(form.readouts) if r.leaf == i]
@@ -143,7 +156,8 @@ def chunked_scan(form: ChunkForm, consts, h_leaves, xs, T: int, C: int):
                 q = jnp.concatenate([q[1:], jnp.zeros_like(q[:1])])
             queries.append(q)
         Q = jnp.stack(queries, 1) if queries else jnp.zeros((T, 0, lf.b, lf.K), k.dtype)
-        final, r = leaf_readouts(lf, g, k, v, Q, S0, C)
+        final, r, starts = leaf_readouts(lf, g, k, v, Q, S0, C)
+        boundaries.append(starts)
         for slot, j in enumerate(mine):
             rj = r[:, slot]
             if not form.readouts[j].new:
@@ -151,18 +165,84 @@ def chunked_scan(form: ChunkForm, consts, h_leaves, xs, T: int, C: int):
                 rj = jnp.concatenate([first, rj[:-1]])
             reads[j] = form.arrange(form.readouts[j], rj, lead=1)
         finals.append(lf.uncanon(final).astype(lf.dtype))
-    return finals, reads
+    return finals, reads, boundaries
 
 
-def chunked_outputs(form: ChunkForm, consts, h_leaves, xs, T: int, C: int):
+def chunked_outputs(form: ChunkForm, consts, h_leaves, xs, T: int, C: int,
+                    boundaries: bool = False):
     """``(final carry leaves, y leaves)`` in processing order (``xs``: list of leaves with a
-    leading ``T``, or empty)."""
-    finals, reads = chunked_scan(form, consts, h_leaves, xs, T, C)
+    leading ``T``, or empty); with ``boundaries`` also the states before each chunk."""
+    finals, reads, starts = chunked_scan(form, consts, h_leaves, xs, T, C)
     if xs:
         ys = jax.vmap(lambda r, x: form.phi(consts, r, x))(reads, list(xs))
     else:
         ys = jax.vmap(lambda r: form.phi(consts, r, []))(reads)
-    return finals, list(ys)
+    return (finals, list(ys), starts) if boundaries else (finals, list(ys))
 
 
-__all__ = ["chunked_outputs", "chunked_scan", "leaf_readouts", "pieces_all"]
+def run_chunked(form: ChunkForm, body, consts, h_leaves, xs, T: int, options, raiser=None):
+    """``(final carry, ys, StageStats)``: the chunkwise form, checked, with the loop as the
+    fallback (``on_failure``).
+
+    The check
+    ---------
+    The form is exact algebra on pieces the pass extracted from the body and probed; what a
+    run can still get wrong is the extraction at *these* inputs, and non-finite values
+    (``0 · inf`` and ``inf - inf`` arise in a different order than in the loop).  So at the
+    first step of every chunk -- where the chunkwise form knows the state before the step
+    exactly, the boundary state -- the body itself is evaluated (``T / C`` evaluations):
+    its carry must equal the step rebuilt from the pieces, and its outputs the chunkwise
+    outputs, by the step test of ``_checks.py``; and every output and the final carry must
+    be finite.  Otherwise the loop's results are used (``on_failure='sequential'``), or the
+    run fails (``'raise'``).  The steps inside a chunk are not evaluated again: they are the
+    same pieces in masked matrix products."""
+    from . import _checks
+    from ._result import Reason, StageStats
+    C = form.chunk
+    finals, ys, starts = chunked_outputs(form, consts, h_leaves, xs, T, C, boundaries=True)
+    on_failure = options.get("on_failure", "sequential")
+    N = -(-T // C)
+    idx = jnp.arange(N) * C
+    before = [lf.uncanon(S, lead=1).astype(lf.dtype) for lf, S in zip(form.leaves, starts)]
+    x_at = [v[idx] for v in xs] if xs else []
+    true_carry, true_ys = jax.vmap(lambda h, x: body(h, x))(before, x_at) if xs else \
+        jax.vmap(lambda h: body(h, []))(before)
+    rebuilt, _ = jax.vmap(lambda h, x: form.body(consts, h, x))(before, x_at) if xs else \
+        jax.vmap(lambda h: form.body(consts, h, []))(before)
+    pairs = list(zip(rebuilt, true_carry)) + [(y[idx], t) for y, t in zip(ys, true_ys)]
+    res = jnp.zeros((), jnp.float32)
+    ok = jnp.asarray(True)
+    for z, f in pairs:
+        if not jnp.issubdtype(z.dtype, jnp.inexact):
+            ok = ok & jnp.all(z == f)
+            continue
+        tol = _checks.element_tolerances([z.dtype], [1], options.get("rtol"),
+                                         options.get("atol"))
+        r, good = _checks.check(jnp.reshape(z, (N, -1)), jnp.reshape(f, (N, -1)), tol.rtol,
+                                tol.atol)
+        res = jnp.maximum(res, r.astype(jnp.float32))
+        ok = ok & good
+    finite = jnp.asarray(True)
+    for v in list(finals) + list(ys):
+        if jnp.issubdtype(v.dtype, jnp.inexact):
+            finite = finite & jnp.all(jnp.isfinite(v))
+    ok = jax.lax.stop_gradient(ok & finite)
+    res = jax.lax.stop_gradient(jnp.where(finite, res, jnp.inf))
+    fell_back = jnp.asarray(False)
+    if on_failure == "sequential":
+        def loop():
+            f, y = lax.scan(lambda h, x: body(h, [] if x is None else x), list(h_leaves),
+                            list(xs) if xs else None, length=T)
+            return list(f), list(y)
+        finals, ys = _checks.with_fallback((finals, ys), ok, loop)
+        fell_back = ~ok
+    elif raiser is not None and on_failure == "raise":
+        raiser(ok, res, "chunked")
+    reason = jnp.where(ok, Reason.CONVERGED, jnp.where(finite, Reason.CHECK_FAILED,
+                                                       Reason.NON_FINITE))
+    stats = StageStats.make(iterations=1, residual=res, converged=ok, fell_back=fell_back,
+                            reason=reason, evaluations=N + jnp.where(fell_back, T, 0))
+    return list(finals), list(ys), stats
+
+
+__all__ = ["chunked_outputs", "chunked_scan", "leaf_readouts", "pieces_all", "run_chunked"]
