@@ -220,8 +220,10 @@ class _Analysis:
         steps.append(("reshape", tuple(target)))
         return Factor(atom, tuple(steps), rank=rank_axis is not None)
 
-    def sop(self, atom, axes_map, rank: int, budget: int = _MAX_PRODUCTS) -> tuple:
-        """The free value ``atom`` as a sum of products of factors (leaf frame)."""
+    def sop(self, atom, axes_map, rank: int, budget: int = _MAX_PRODUCTS,
+            terms: bool = False) -> tuple:
+        """The free value ``atom`` as a sum of products of factors (leaf frame); a
+        contraction becomes a sum over a rank axis only in an input term (``terms``)."""
         eqn = None if jx.is_literal(atom) else self.producer.get(atom)
         whole = ((self.factor(atom, axes_map, rank),),)
         if eqn is None:
@@ -232,10 +234,10 @@ class _Analysis:
         def sub(v):
             vs = tuple(v.aval.shape)
             if not vs:
-                return self.sop(v, (), rank, budget)
-            if vs != tuple(1 if s == 1 else s for s in vs) or len(vs) != len(shape):
+                return self.sop(v, (), rank, budget, terms)
+            if len(vs) != len(shape):
                 raise Refused("shape")
-            return self.sop(v, axes_map, rank, budget)
+            return self.sop(v, axes_map, rank, budget, terms)
 
         try:
             if name == "mul":
@@ -245,7 +247,7 @@ class _Analysis:
                 out = a + (_neg(b) if name == "sub" else b)
             elif name == "neg":
                 out = _neg(sub(eqn.invars[0]))
-            elif name == "dot_general":
+            elif name == "dot_general" and (terms or not eqn.params["dimension_numbers"][0][0]):
                 out = self._outer(eqn, axes_map, rank)
             else:
                 return whole
@@ -339,7 +341,7 @@ class _Analysis:
             leaf_shape = tuple(self.ir.state[s.leaf].shape)
             if out_shape != leaf_shape:
                 raise Refused(f"`{name}` broadcasts the state to {out_shape}{_where(eqn)}")
-            t = self.free_sop(ins[1] if s is a else ins[0], len(leaf_shape), eqn)
+            t = self.free_sop(ins[1] if s is a else ins[0], len(leaf_shape), eqn, terms=True)
             if s is a:
                 return _Aff(s.leaf, s.decay, s.terms + (_neg(t) if minus else t))
             if minus:  # free - state
@@ -407,13 +409,13 @@ class _Analysis:
         shape = tuple(free.aval.shape)
         return () if not shape else tuple(perm)
 
-    def free_sop(self, free, rank, eqn, perm=None):
+    def free_sop(self, free, rank, eqn, perm=None, terms=False):
         shape = tuple(free.aval.shape)
         if shape and len(shape) != rank:
             raise Refused(f"`{eqn.primitive.name}` broadcasts a value of shape {shape} "
                           f"against the state{_where(eqn)}")
         axes = () if not shape else (tuple(perm) if perm is not None else tuple(range(rank)))
-        return self.sop(free, axes, rank)
+        return self.sop(free, axes, rank, terms=terms)
 
     def readout_dot(self, eqn, forms):
         (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
@@ -465,7 +467,7 @@ class _Analysis:
             f = None if jx.is_literal(v) else self.forms.get(v)
             rank = len(leaf.shape)
             if f is None:
-                f = _Aff(i, (), self.sop(v, tuple(range(rank)), rank)
+                f = _Aff(i, (), self.sop(v, tuple(range(rank)), rank, terms=True)
                          if getattr(v.aval, "shape", ()) else
                          ((self.factor(v, (), rank),),))
             if isinstance(f, _Bad):
@@ -501,9 +503,12 @@ class _Analysis:
             raise Refused(f"the outputs contract {leaf.name} along different axes "
                           f"{sorted(keys)}")
         key_options = sorted(keys) if keys else list(range(rank))
+        heads = set().union(*[r[6] for r in self.readouts if r[1] == i])
         reasons = []
         for key in key_options:
-            for value in [a for a in range(rank) if a != key] + [None]:
+            values = sorted((a for a in range(rank) if a != key),
+                            key=lambda a: (a in heads, -leaf.shape[a], a))
+            for value in values + [None]:
                 why = self._fits(i, f, key, value)
                 if why is None:
                     terms = tuple(self._split(t, key, value) for t in f.terms)
@@ -512,19 +517,20 @@ class _Analysis:
                         decay = _ONE
                     lf = LeafForm(i, leaf.name, tuple(leaf.shape), leaf.dtype, key, value,
                                   _simplify(decay), terms)
-                    self._check_rank(lf)
-                    return lf
+                    why = self._rank_reason(lf)
+                    if why is None:
+                        return lf
                 reasons.append(why)
         raise Refused(reasons[0] if reasons else f"{leaf.name}: no axes fit")
 
-    def _check_rank(self, lf: LeafForm) -> None:
+    def _rank_reason(self, lf: LeafForm):
         if lf.value_axis is None:
-            return
+            return None
         R = sum(_rank_of(t) for t in lf.terms)
-        if R * (lf.K + lf.V) >= lf.K * lf.V:
-            raise Refused(f"the input term of {lf.name} has rank {R}: not low for a "
-                          f"{lf.K} × {lf.V} state (the factors would be as large as the "
-                          "state)")
+        if R * (lf.K + lf.V) > lf.K * lf.V:
+            return (f"the input term of {lf.name} has rank {R}: not low for a {lf.K} × "
+                    f"{lf.V} state (its factors would be larger than the state)")
+        return None
 
     def _fits(self, i, f: _Aff, key, value):
         name = self.ir.state[i].name
@@ -596,6 +602,11 @@ _ELEMENTWISE = frozenset("""
 def _probe(form: ChunkForm, ir: StepIR, outputs: Outputs, values: Values | None,
            seed: int = 0) -> tuple[bool | None, str]:
     """Compare the body with its rebuild from the pieces at a few points."""
+    with jax.ensure_compile_time_eval():  # under jit, arrays made here would be traced
+        return _probe_points(form, ir, outputs, values, seed)
+
+
+def _probe_points(form, ir, outputs, values, seed):
     rng = np.random.default_rng(seed)
     consts = [c if jx.is_concrete(c) else jnp.asarray(_random(rng, c.shape, c.dtype))
               for c in outputs.jaxpr.consts]
@@ -614,23 +625,22 @@ def _probe(form: ChunkForm, ir: StepIR, outputs: Outputs, values: Values | None,
                if is_inexact(s.dtype)] or [1e-7])
     tol = min(1e3 * eps, 0.1)
     seen, ok = 0, True
-    with jax.ensure_compile_time_eval():
-        for h, x in points:
-            try:
-                carry, ys = body(h, x)
-                carry2, ys2 = form.body(consts, h, x)
-            except Exception as exc:  # noqa: BLE001 - a rebuild that fails is a refusal
-                return False, f"the rebuild from the pieces failed: {type(exc).__name__}: {exc}"
-            pairs = [(a, b) for a, b in zip(list(carry) + list(ys), list(carry2) + list(ys2))
-                     if is_inexact(jnp.asarray(a).dtype)]
-            vals = [(np.asarray(a), np.asarray(b)) for a, b in pairs]
-            if not all(np.all(np.isfinite(a)) and np.all(np.isfinite(b)) for a, b in vals):
-                continue
-            seen += 1
-            for a, b in vals:
-                scale = float(np.max(np.abs(a), initial=0.0))
-                if not np.all(np.abs(a - b) <= tol * (1.0 + scale)):
-                    ok = False
+    for h, x in points:
+        try:
+            carry, ys = body(h, x)
+            carry2, ys2 = form.body(consts, h, x)
+        except Exception as exc:  # noqa: BLE001 - a rebuild that fails is a refusal
+            return False, f"the rebuild from the pieces failed: {type(exc).__name__}: {exc}"
+        pairs = [(a, b) for a, b in zip(list(carry) + list(ys), list(carry2) + list(ys2))
+                 if is_inexact(jnp.asarray(a).dtype)]
+        vals = [(np.asarray(a), np.asarray(b)) for a, b in pairs]
+        if not all(np.all(np.isfinite(a)) and np.all(np.isfinite(b)) for a, b in vals):
+            continue
+        seen += 1
+        for a, b in vals:
+            scale = float(np.max(np.abs(a), initial=0.0))
+            if not np.all(np.abs(a - b) <= tol * (1.0 + scale)):
+                ok = False
     if not seen:
         return None, "no probe was conclusive (non-finite values at every point)"
     return ok, f"{seen} value probes: the body rebuilt from the pieces " + (
@@ -689,7 +699,8 @@ def _bytes(v: float) -> str:
 
 
 def decide(ir: StepIR, outputs: Outputs | None, values, wanted, choices, costs, *,
-           backend: str, backward: bool, sharded: bool, verify: bool = True):
+           backend: str, backward: bool, sharded: bool, verify: bool = True,
+           chunk: int | None = None):
     """``(Decision or None, choices, text)``: whether the plan runs ``chunked`` -- requested
     (every stage asks for it), or under ``auto`` where the cost model predicts it faster
     than what the stages chose -- with the chunk size the model predicts fastest."""
@@ -714,13 +725,17 @@ def decide(ir: StepIR, outputs: Outputs | None, values, wanted, choices, costs, 
     leaves = dims(form)
     body_flops = _cost.jaxpr_flops(outputs.jaxpr)
     C, t = _cost.choose_chunk(backend, T, leaves, body_flops, backward)
+    if chunk is not None:  # the user's chunk= (also the scan kernel's chunk length)
+        C = int(chunk)
+        t = _cost.predict_chunked(backend, T, C, leaves, body_flops, backward)
     N = -(-max(T, 1) // C)
     itemsize = max(np.dtype(lf.dtype).itemsize for lf in form.leaves)
     y_el = sum(leaf.size for leaf in outputs.leaves)
     mem = _cost.chunked_bytes(T, C, leaves, y_el, itemsize)
     states = float(T) * sum(leaf.size for leaf in ir.state) * itemsize
     budget = costs[0].budget if costs else float("inf")
-    text += (f"\nchunk size C = {C} (the cost model's fastest), {N} chunks: predicted "
+    source = "chunk=" if chunk else "the cost model's fastest"
+    text += (f"\nchunk size C = {C} ({source}), {N} chunks: predicted "
              f"{_cost.fmt_seconds(t)}; temporary memory about {_bytes(mem)} (all T states "
              f"would be {_bytes(states)})")
     estimates = (("chunk", C), ("chunks", N), ("memory", int(mem)),

@@ -513,7 +513,7 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
     if outputs is not None or "chunked" in wanted:
         chunk, choices, text = _chunkwise.decide(
             ir, outputs, values, wanted, choices, costs, backend=backend, backward=backward,
-            sharded=sharded, verify=options.get("verify", True))
+            sharded=sharded, verify=options.get("verify", True), chunk=options.get("chunk"))
     staged = len(groups) > 1
     reads, edges = _report.leaf_reads(ir, pattern)
     stages, data = [], []

@@ -65,7 +65,7 @@ def _segment_products(g, C: int):
         return jnp.where(keep, P, jnp.zeros((), g.dtype))
     logs = jnp.log(g)
     L = jnp.cumsum(jnp.where(inside, logs[:, :, None], jnp.zeros((), logs.dtype)), axis=1)
-    return jnp.exp(jnp.where(keep, L, jnp.asarray(-jnp.inf, L.real.dtype)))
+    return jnp.exp(jnp.where(keep, L, jnp.asarray(-jnp.inf, L.dtype)))
 
 
 def leaf_readouts(lf: LeafForm, g, k, v, Q, S0, C: int):
