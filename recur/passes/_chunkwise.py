@@ -759,7 +759,10 @@ def decide(ir: StepIR, outputs: Outputs | None, values, wanted, choices, costs, 
         note = "not requested"
     else:
         t_now = sum(cost(m) for cost, (m, _, _) in zip(costs, choices))
-        if t < t_now:
+        t_loop = _cost.predict_loop_outputs(backend, T, body_flops, backward)
+        if all(m == "sequential" for m, _, _ in choices):
+            t_now = min(t_now, t_loop)  # the generic model overrates big states' loops
+        if t < t_now and t < t_loop:
             src = costs[0].source_short if costs else "the cost model"
             new = []
             for cost, (m, w, r) in zip(costs, choices):
@@ -770,7 +773,8 @@ def decide(ir: StepIR, outputs: Outputs | None, values, wanted, choices, costs, 
                             rej + tuple(x for x in r if x[0] != m)))
             return decision, new, text
         note = (f"predicted {_cost.fmt_seconds(t)} (C = {C}) against "
-                f"{_cost.fmt_seconds(t_now)}")
+                f"{_cost.fmt_seconds(min(t_now, t_loop))}"
+                + (" for the loop of the whole body" if t_loop < t_now else ""))
     return None, [(m, w, r + (("chunked", note),)) for m, w, r in choices], \
         text + f"\nnot used: {note}"
 

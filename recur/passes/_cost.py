@@ -191,11 +191,18 @@ def predict(method: str, *, backend: str, T: int, n: int, flops: float, jacobian
 #   (a per-row decay also scales ``k`` per pair: T C R b K more)
 #   the scan over the T / C boundary states                        steps at ``loop_step_s``
 #   the pieces and the rest of the body for all steps at once     (``pass`` of the body)
-# CPU: measured on this 2-core machine (jax 0.10.2, a loaded machine, load 2-9: GLA and
-# Mamba-2/SSD layers, T = 4096, dk = dv = 64); GPU: assumed (an H100's ~50 Tflop/s
-# float32 matmul throughput with TF32 off is ~25 Tflop/s; elementwise near bandwidth).
+# CPU: measured on this 2-core machine (jax 0.10.2, a loaded machine, load 4-9: GLA and
+# Mamba-2/SSD layers, T = 4096, dk = dv = 64, C = 8..64: ~5e-11 s per matmul flop, ~2e-9 s
+# per segment-product element, and ~40 us per chunk -- the batched einsums of small
+# blocks cost per block, which is why C = 64 beat C = 8 by 4x); GPU: assumed (an H100's
+# float32 matmul throughput, elementwise work near bandwidth, a kernel launch per chunk
+# step of the boundary scan).
+# The loop the form competes with is one lax.scan of the whole body emitting its outputs:
+# ``T (c_loop + F_body c_loop-flop)`` (measured here: 0.7 us per step for the 64 x 64 GLA
+# body, F = 25k flops; the per-state-element term of the generic loop model, fitted on
+# small states, would say 7 us).
 CHUNKED = {
-    "cpu": {"flop_s": 4e-11, "seg_s": 1e-8, "step_s": 2e-6},
+    "cpu": {"flop_s": 5e-11, "seg_s": 2e-9, "step_s": 4e-5},
     "gpu": {"flop_s": 1e-13, "seg_s": 2e-12, "step_s": 1e-5},
 }
 
@@ -231,6 +238,14 @@ def chunked_bytes(T: int, C: int, leaves, y_elements: int, itemsize: int) -> flo
 CHUNK_SIZES = (8, 16, 32, 64, 128, 256)
 
 
+def predict_loop_outputs(backend: str, T: int, body_flops: float,
+                         backward: bool = False) -> float:
+    """The loop of a whole ``recur.lax.scan`` body (the comment above ``CHUNKED``)."""
+    c = constants(backend)
+    forward = max(int(T), 1) * (c.loop_step_s + max(float(body_flops), 1.0) * c.loop_flop_s)
+    return forward * (1 + (c.loop_backward if backward else 0.0))
+
+
 def choose_chunk(backend: str, T: int, leaves, body_flops: float, backward: bool = False,
                  ) -> tuple[int, float]:
     """``(C, predicted seconds)``: the chunk size the model predicts fastest."""
@@ -251,4 +266,5 @@ def fmt_seconds(s: float) -> str:
 
 __all__ = ["BackendConstants", "CONSTANTS", "constants", "predict", "jaxpr_flops",
            "predict_chunked", "chunked_bytes", "choose_chunk", "CHUNKED",
+           "predict_loop_outputs",
            "step_flops_of", "fmt_seconds"]
