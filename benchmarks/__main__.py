@@ -13,7 +13,8 @@ Suites: ``affine`` (diag-scan, dense-affine), ``nonlinear`` (gru, lstm, lorenz96
 ``planning``, ``baselines`` (recur's deer vs a hand-written minimal DEER on the gru reference
 problem, speed-up vs T, profile; pararnn-torch when installed), ``heads``, ``kalman``
 (dynamax when installed), ``mcmc`` (mala, hmc), ``ddim``, ``hmm`` (semiring scans; dynamax's
-HMM inference when it can be imported).
+HMM inference when it can be imported), ``outputs`` (GLA and Mamba-2/SSD layers through
+``recur.lax.scan``: auto, chunked, the user's lax.scan, a hand chunkwise form).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from rich.progress import Progress
 from ._common import device_info, loadavg
 
 SUITES = ("affine", "nonlinear", "planning", "baselines", "heads", "kalman", "mcmc", "ddim",
-          "sharding", "hmm")
+          "sharding", "hmm", "outputs")
 
 _COLUMNS = ("workload", "dtype", "D", "n", "T", "method", "ran", "iterations",
             "minimal_iterations", "evaluations", "converged", "fell_back", "median_s",

@@ -152,21 +152,25 @@ def _frozen(method) -> Any:
     return tuple(sorted(method.items())) if isinstance(method, dict) else method
 
 
-def _lower(ir, method, backend, options, values, lyapunov_note, args, layout) -> Plan:
-    """``make_plan`` through the plan cache (module docstring)."""
+def _lower(ir, method, backend, options, values, lyapunov_note, args, layout,
+           outputs=None) -> Plan:
+    """``make_plan`` through the plan cache (module docstring); ``outputs``: the body of a
+    ``recur.lax.scan`` (its jaxpr is then part of the key)."""
     opts = check_options(options)
     key = (step_key(ir), _code_of(ir.fn), _const_digest(ir.jaxpr.consts),
            tuple(map(_avals, args)),
            _frozen(method), decisions(opts), opts.get("jacobian") is not None, backend,
            values is not None, lyapunov_note,
-           None if layout is None else (id(layout[0]), layout[1]))
+           None if layout is None else (id(layout[0]), layout[1]),
+           None if outputs is None else (outputs.key, _const_digest(outputs.jaxpr.consts)))
     plan = _plans.get(key)
     if plan is not None and plan.ir is not None:
         _plans.move_to_end(key)
-        # the cached decisions with this call's step (its closed-over arrays)
+        # the cached decisions with this call's step (its closed-over arrays; a chunkwise
+        # form reads the body's structure only, its arrays are passed when it runs)
         return dataclasses.replace(plan, ir=ir)
     plan = make_plan(ir, method=method, backend=backend, options=opts, values=values,
-                     lyapunov_note=lyapunov_note)
+                     lyapunov_note=lyapunov_note, outputs=outputs, sharded=layout is not None)
     if layout is not None:
         plan = attach_layout(plan, *layout)
     _plans[key] = plan
@@ -187,7 +191,7 @@ def _for_grad(options: dict, trees) -> dict:
 def plan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
          length: int | None = None, reverse: bool = False, method: str = "auto",
          backend: str | None = None, mesh: Any = None, axis_name: str | None = None,
-         **options: Any) -> Plan:
+         _outputs: Any = None, **options: Any) -> Plan:
     """Analyse ``fn`` and return the ``Plan`` recur would run (shapes/dtypes suffice:
     arrays or ``jax.ShapeDtypeStruct``s).  With concrete arrays the claims are probed at
     those values and, for a step that is not affine, the plan notes the largest Lyapunov
@@ -210,7 +214,8 @@ def plan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
                              values=values)
         return dataclasses.replace(the_plan, notes=the_plan.notes + (note,))
     layout = _layout_request(xs, mesh, axis_name)
-    return _lower(ir, method, backend, options, values, True, (h0, xs, params), layout)
+    return _lower(ir, method, backend, options, values, True, (h0, xs, params), layout,
+                  _outputs)
 
 
 def _all_arrays(tree) -> bool:

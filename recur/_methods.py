@@ -35,7 +35,9 @@ class Method:
 
     ``family``: ``"loop"`` (the sequential ``lax.scan``), ``"scan"`` (an exact associative
     scan of an affine stage), ``"semiring"`` (an exact associative scan of a stage that is
-    linear over a semiring, ``runtime/_semiring.py``) or ``"iterative"`` (the DEER family).  ``linearisation``
+    linear over a semiring, ``runtime/_semiring.py``), ``"iterative"`` (the DEER family) or
+    ``"chunked"`` (the chunkwise form of a whole ``recur.lax.scan`` body,
+    ``runtime/_chunked.py``).  ``linearisation``
     (iterative only): ``"jacobian"`` (the true, structured Jacobian), ``"diagonal"`` (its
     diagonal), ``"identity"`` or ``"zero"``.  ``newton``: the linearisation is exact, so the
     next correction estimates the error of the current iterate to second order.
@@ -107,6 +109,12 @@ register(Method(
     a_tilde="diag of the Jacobian, damped",
     why="damped quasi-Newton (Kalman smoother) with the diagonal of the Jacobian",
     default_max_iters=200, expected_iterations=14, sharded=False, needs_jvp=True))
+
+register(Method(
+    "chunked", "chunked",
+    why="the chunkwise-parallel form of a decayed linear-attention scan: masked C × C "
+        "products inside chunks, a scan over the chunk-boundary states",
+    expected_iterations=1, sharded=False, auto=True))
 
 # ``auto`` and ``autotune`` are choices, not methods: they resolve to a registered one.
 CHOICES = ("auto", "autotune")

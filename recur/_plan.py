@@ -100,6 +100,8 @@ class Plan:
     ir: Any = dataclasses.field(default=None, repr=False, compare=False)
     stage_data: tuple = dataclasses.field(default=(), repr=False, compare=False)
     mesh: Any = dataclasses.field(default=None, repr=False, compare=False)
+    # method ``chunked``: the body's chunkwise form (``recur._chunkform.ChunkForm``)
+    chunked: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def option_dict(self) -> dict[str, Any]:
@@ -188,6 +190,13 @@ class Plan:
             path = ("the loop emits them as it goes (one lax.scan of the body): no state is "
                     "stored")
             held = y_bytes
+        elif self.chunked is not None:
+            C = self.chunked.chunk
+            est = dict(self.stages[0].estimates)
+            path = (f"the chunkwise form computes them from masked C × C products (C = {C}) "
+                    f"and keeps one state per chunk ({_fmt(h_bytes / max(C, 1))}B), never all "
+                    f"T states ({_fmt(h_bytes)}B)")
+            held = est.get("memory", y_bytes)
         else:
             path = ("the parallel methods hold all T states; the outputs are one batched "
                     f"evaluation of the body on them ({_fmt(h_bytes)}B of states)")

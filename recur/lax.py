@@ -14,7 +14,12 @@ outputs ``y_t = f(h_{t-1}, x_t)[1]`` are computed alongside:
   the user's own ``lax.scan``;
 * the parallel methods (``scan``, ``deer``, ...) hold the whole trajectory of carries by
   nature (the plan's memory estimate says so) and evaluate the outputs from it in one
-  batched pass of ``f``.
+  batched pass of ``f``;
+* ``chunked`` -- for a decayed linear-attention body (``S' = g ⊙ S + Σ k vᵀ``, outputs
+  built from readouts ``Sᵀ q``: gated linear attention, RetNet, Mamba-2/SSD, mLSTM) --
+  computes the outputs chunk by chunk with masked ``C × C`` products and keeps one state
+  per chunk (``runtime/_chunked.py``); ``auto`` takes it where the cost model predicts it
+  fastest.
 
 Plans, methods, options, ``info``, derivatives (w.r.t. ``init``, ``xs`` and closed-over
 arrays), ``vmap``, ``jit`` and sharding are those of ``recur.scan``;
@@ -65,7 +70,7 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None,
     options = _api._for_grad(options, (init, xs))
     values = _api.values_of(ir, init, xs, None)
     the_plan = _api._lower(ir, method, None, options, values, False, (init, xs, None),
-                           _api._layout_request(xs, mesh, axis_name))
+                           _api._layout_request(xs, mesh, axis_name), outputs)
     the_plan = dataclasses.replace(the_plan, outputs=outputs.leaves)
     out, info = execute(the_plan, init, xs, None, init=options.get("init"),
                         jacobian=options.get("jacobian"), details=return_info,
@@ -79,7 +84,8 @@ def plan(f: Callable, init: Any, xs: Any = None, length: int | None = None,
     """The ``Plan`` ``recur.lax.scan`` would run (shapes suffice), with its outputs path."""
     step, ir, outputs = _traced(f, init, xs, length, reverse, 1)
     the_plan = _api.plan(step, init, xs, None, length=length, reverse=reverse, method=method,
-                         backend=backend, mesh=mesh, axis_name=axis_name, **options)
+                         backend=backend, mesh=mesh, axis_name=axis_name, _outputs=outputs,
+                         **options)
     return dataclasses.replace(the_plan, outputs=outputs.leaves)
 
 

@@ -22,6 +22,7 @@ SCRIPTS = {
     "lru_layer": 1e-4,        # float32 / complex64 outputs
     "kalman_tracking": 1e-9,  # float64 (x64 enabled), against numpy and the loop
     "gated_linear_attention": 1e-4,  # float32 outputs up to ~40, and the .rec model
+    "mamba2_ssd": 1e-4,       # float32 outputs up to ~60, chunked and auto vs lax.scan
     "multihead_rnn": 1e-4,    # float32 states; gradients relative to the largest entry
     "mala_banana": 1e-3,      # float32 chain: converged to rtol, values up to ~5
     "chaos": 1e-4,            # float32; the chaotic case falls back (exact)

@@ -187,6 +187,78 @@ def predict(method: str, *, backend: str, T: int, n: int, flops: float, jacobian
     return forward + (back if backward else 0.0)
 
 
+# The chunkwise form (method ``chunked``, ``runtime/_chunked.py``), per leaf of ``b`` heads,
+# key/value sizes ``K``/``V``, input rank ``R``, ``m`` readouts and a decay of ``d`` values
+# per head (1 or ``K``), with chunks of ``C`` steps:
+#   matrix products  2 T b (C R (m K + m V) + R K V + m K V)      flops at ``flop_s``
+#   segment products T (C + 1) b d                                elements at ``seg_s``
+#   (a per-row decay also scales ``k`` per pair: T C R b K more)
+#   the scan over the T / C boundary states                        steps at ``loop_step_s``
+#   the pieces and the rest of the body for all steps at once     (``pass`` of the body)
+# CPU: measured on this 2-core machine (jax 0.10.2, a loaded machine, load 4-9: GLA and
+# Mamba-2/SSD layers, T = 4096, dk = dv = 64, C = 8..64: ~5e-11 s per matmul flop, ~2e-9 s
+# per segment-product element, and ~40 us per chunk -- the batched einsums of small
+# blocks cost per block, which is why C = 64 beat C = 8 by 4x); GPU: assumed (an H100's
+# float32 matmul throughput, elementwise work near bandwidth, a kernel launch per chunk
+# step of the boundary scan).
+# The loop the form competes with is one lax.scan of the whole body emitting its outputs:
+# ``T (c_loop + F_body c_loop-flop)`` (measured here: 0.7 us per step for the 64 x 64 GLA
+# body, F = 25k flops; the per-state-element term of the generic loop model, fitted on
+# small states, would say 7 us).
+CHUNKED = {
+    "cpu": {"flop_s": 5e-11, "seg_s": 2e-9, "step_s": 4e-5},
+    "gpu": {"flop_s": 1e-13, "seg_s": 2e-12, "step_s": 1e-5},
+}
+
+
+def predict_chunked(backend: str, T: int, C: int, leaves, body_flops: float,
+                    backward: bool = False) -> float:
+    """Predicted seconds of the chunkwise form (the comment above); ``leaves``: one
+    ``(b, K, V, R, m, d)`` per state leaf."""
+    c = constants(backend)
+    k = CHUNKED.get(backend, CHUNKED["gpu"])
+    T = max(int(T), 1)
+    N = -(-T // C)
+    flops = seg = 0.0
+    for b, K, V, R, m, d in leaves:
+        flops += 2.0 * T * b * (C * R * (m * K + m * V) + R * K * V + m * K * V)
+        seg += T * (C + 1) * b * d + (T * C * R * b * K if d > 1 else 0)
+    forward = (flops * k["flop_s"] + seg * k["seg_s"] + N * k["step_s"] + c.pass_s
+               + T * max(float(body_flops), 1.0) * c.map_flop_s)
+    return forward * (1 + (c.scan_backward if backward else 0.0))
+
+
+def chunked_bytes(T: int, C: int, leaves, y_elements: int, itemsize: int) -> float:
+    """Peak bytes of the chunkwise form: pieces and outputs per step, the ``C × C`` (times
+    ``K`` for a per-row decay) products per chunk, one state per chunk."""
+    N = -(-int(T) // C)
+    total = float(T) * y_elements
+    for b, K, V, R, m, d in leaves:
+        total += T * b * (d + R * (K + V) + m * (K + V)) + T * C * b * (R + 1) * d \
+            + N * b * K * V
+    return total * itemsize
+
+
+CHUNK_SIZES = (8, 16, 32, 64, 128, 256)
+
+
+def predict_loop_outputs(backend: str, T: int, body_flops: float,
+                         backward: bool = False) -> float:
+    """The loop of a whole ``recur.lax.scan`` body (the comment above ``CHUNKED``)."""
+    c = constants(backend)
+    forward = max(int(T), 1) * (c.loop_step_s + max(float(body_flops), 1.0) * c.loop_flop_s)
+    return forward * (1 + (c.loop_backward if backward else 0.0))
+
+
+def choose_chunk(backend: str, T: int, leaves, body_flops: float, backward: bool = False,
+                 ) -> tuple[int, float]:
+    """``(C, predicted seconds)``: the chunk size the model predicts fastest."""
+    sizes = [C for C in CHUNK_SIZES if C <= max(T, 1)] or [max(T, 1)]
+    best = min(sizes, key=lambda C: predict_chunked(backend, T, C, leaves, body_flops,
+                                                    backward))
+    return best, predict_chunked(backend, T, best, leaves, body_flops, backward)
+
+
 def fmt_seconds(s: float) -> str:
     if not math.isfinite(s):
         return "inf"
@@ -197,4 +269,6 @@ def fmt_seconds(s: float) -> str:
 
 
 __all__ = ["BackendConstants", "CONSTANTS", "constants", "predict", "jaxpr_flops",
+           "predict_chunked", "chunked_bytes", "choose_chunk", "CHUNKED",
+           "predict_loop_outputs",
            "step_flops_of", "fmt_seconds"]

@@ -44,7 +44,7 @@ from .._dtypes import is_inexact
 from .._errors import PlanError
 from .._ir import StageData, StepIR, Structure, compute_dtype
 from .._plan import KIND_ORDER, Plan, Stage
-from . import _contractivity, _cost, _report
+from . import _chunkwise, _contractivity, _cost, _report
 from ._cost import fmt_seconds
 from ._dependency import jacobian_sparsity
 from ._linearity import Linearity, analyse_linearity
@@ -512,10 +512,12 @@ def _chaos_policy(ir, method, facts_list, choices, values, notes, want_note):
 
 def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = None,
               options: dict[str, Any] | None = None, values: Values | None = None,
-              lyapunov_note: bool = False) -> Plan:
+              lyapunov_note: bool = False, outputs=None, sharded: bool = False) -> Plan:
     """The plan for ``ir`` (module docstring).  ``values``: the concrete ``h0``/``xs``/params
     when known (probes at the actual values; the chaos policy); ``lyapunov_note``: estimate
-    the Lyapunov exponent for the plan's notes even where no decision needs it."""
+    the Lyapunov exponent for the plan's notes even where no decision needs it;
+    ``outputs``: the ``recur.lax.scan`` body (then the chunkwise pass runs, and ``chunked``
+    is a candidate unless the plan is ``sharded`` across devices)."""
     options = check_options(options or {})
     backend = _backend(backend)
     _check_windows(method, options)
@@ -540,6 +542,7 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
         cost = _StageCost(backend, ir.length, n, step_flops, facts.jacobian, facts.structure,
                           budget, stage_dtype.itemsize, backward)
         requested = _requested_for(method, facts.names)
+        requested = "auto" if requested == "chunked" else requested  # decided below
         if exact:
             if isinstance(method, dict) and requested not in ("auto", "sequential"):
                 raise PlanError(f"the stage of {', '.join(facts.names)} holds integer, boolean "
@@ -566,6 +569,12 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
         choices.append(choice)
         costs.append(cost)
     choices = _chaos_policy(ir, method, facts_list, choices, values, notes, lyapunov_note)
+    wanted = [_requested_for(method, f.names) for f in facts_list]
+    chunk = None
+    if outputs is not None or "chunked" in wanted:
+        chunk, choices, text = _chunkwise.decide(
+            ir, outputs, values, wanted, choices, costs, backend=backend, backward=backward,
+            sharded=sharded, verify=options.get("verify", True), chunk=options.get("chunk"))
     staged = len(groups) > 1
     reads, edges = _report.leaf_reads(ir, pattern)
     stages, data = [], []
@@ -584,9 +593,10 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
                and facts.semiring.claim is not None else ""),
             why=why, blocks=structure.block_sizes if structure.jacobian.startswith("block")
             else (),
-            estimates=_report.estimates(chosen, structure, ir.length, n, stage_dtype.itemsize,
-                                        user_jacobian=options.get("jacobian") is not None)
-            + (("predicted time", fmt_seconds(cost(chosen))),),
+            estimates=(chunk.estimates if chosen == "chunked" else
+                       _report.estimates(chosen, structure, ir.length, n, stage_dtype.itemsize,
+                                         user_jacobian=options.get("jacobian") is not None)
+                       + (("predicted time", fmt_seconds(cost(chosen))),)),
             rejected=rejected, colours=structure.n_colours,
             jacobian_note=_report.jacobian_note(structure, n)))
         data.append(StageData(elements=facts.elements, structure=structure, exact=facts.exact,
@@ -604,6 +614,7 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
             + "".join(f"\n  {n}" for n in f.checked.notes) for f in facts_list)),
         ("semiring", print_semiring((f.index, f.semiring) for f in facts_list)),
         ("cost", _report.print_costs(_cost.constants(backend).source, step_flops, cost_rows)),
+    ) + ((("chunkwise", text),) if outputs is not None else ()) + (
         ("lowering", "\n".join(f"stage {i} ({', '.join(st.states)}): {st.method}: {st.why}"
                                for i, st in enumerate(stages))),
     )
@@ -615,7 +626,7 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
         dtype=dtype.name, notes=tuple(notes), passes=passes, edges=edges,
         state_sizes=tuple((leaf.name, leaf.size) for leaf in ir.state),
         state_kinds=state_kinds(ir, pattern, whole), options=decisions(options),
-        ir=ir, stage_data=tuple(data))
+        ir=ir, stage_data=tuple(data), chunked=None if chunk is None else chunk.form)
 
 
 __all__ = ["make_plan", "stage_groups", "stage_names", "state_kinds", "memory_budget",

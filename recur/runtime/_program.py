@@ -32,6 +32,7 @@ from jax import lax
 from .._plan import Plan
 from . import _sharding
 from ._checks import with_fallback
+from ._chunked import run_chunked
 from ._result import Reason, StageStats, stack
 from ._sequential import sequential_scan
 from ._stages import (StageRun, first_nonfinite, placeholders, run_stage, shift_leaves,
@@ -115,6 +116,11 @@ def run_plan(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_le
                              length=T, unroll=outputs.unroll)
         stats = stack([StageStats.make(reason=Reason.SEQUENTIAL, evaluations=T_all)] * n_stages)
         return _outputs_result(plan, outputs, list(final), list(ys), stats, details)
+    if outputs is not None and plan.chunked is not None and T > 0 \
+            and _sharding.current() is None:
+        final, ys, st = run_chunked(plan.chunked, outputs.body(out_consts), out_consts,
+                                    h_leaves, xs, T, options, raiser)
+        return _outputs_result(plan, outputs, final, ys, stack([st] * n_stages), details)
     if all_loop:
         hs = loop_all()
         stats = stack([StageStats.make(reason=Reason.SEQUENTIAL, evaluations=T_all)] * n_stages)
@@ -200,8 +206,9 @@ def step_key(ir) -> tuple:
 
 def program_key(plan: Plan, leaves, in_trace: bool) -> tuple:
     stages = tuple((st.method, d.key()) for st, d in zip(plan.stages, plan.stage_data))
+    chunked = None if plan.chunked is None else plan.chunked.key
     return (step_key(plan.ir), tuple(map(_avals, leaves)), plan.method, stages, plan.options,
-            plan.layout, plan.mesh, in_trace)
+            plan.layout, plan.mesh, in_trace, chunked)
 
 
 def _place(v, mesh, spec):
