@@ -188,7 +188,8 @@ def _tanh_rnn(h, x, p):
     return jnp.tanh(p["W"] @ h + p["U"] @ x + p["b"])
 
 
-def _gru(h, x, p):
+def gru(h, x, p):
+    """A GRU cell: ``p["W"]``, ``p["U"]`` stack the three gates' matrices."""
     z = jax.nn.sigmoid(p["W"][0] @ h + p["U"][0] @ x)
     r = jax.nn.sigmoid(p["W"][1] @ h + p["U"][1] @ x)
     n = jnp.tanh(p["W"][2] @ (r * h) + p["U"][2] @ x)
@@ -282,7 +283,7 @@ PROBLEMS = {p.name: p for p in (
     Problem("affine-diag", _affine_diag, _make_affine_diag, T=40, T_grad=8, affine=True),
     Problem("affine-dense", _affine_dense, _make_affine_dense, T=40, T_grad=8, affine=True),
     Problem("tanh-rnn", _tanh_rnn, _make_tanh_rnn, T=40, T_grad=8, affine=False),
-    Problem("gru", _gru, _make_gru, T=40, T_grad=8, affine=False),
+    Problem("gru", gru, _make_gru, T=40, T_grad=8, affine=False),
     Problem("lstm", _lstm, _make_lstm, T=40, T_grad=8, affine=False),
     Problem("kalman", _kalman, _make_kalman, T=30, T_grad=6, affine=False, stages=2),
     Problem("logistic-chaotic", _logistic, _make_logistic, T=200, T_grad=6, affine=False),

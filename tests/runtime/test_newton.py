@@ -14,7 +14,7 @@ from jax.test_util import check_grads
 
 from recur.runtime._iterative import default_max_iters, solve_nonlinear
 
-from .._steps import loop, structure_of, true_residual
+from .._steps import gru, loop, structure_of, true_residual
 
 TOL = dict(rtol=1e-13, atol=1e-13)
 
@@ -25,13 +25,6 @@ def gru_params(D, seed=0):
     rng = np.random.default_rng(seed)
     return {"W": jnp.asarray(rng.standard_normal((3, D, D)) / np.sqrt(D)),
             "U": jnp.asarray(rng.standard_normal((3, D, D)) / np.sqrt(D))}
-
-
-def gru(h, x, p):
-    z = jax.nn.sigmoid(p["W"][0] @ h + p["U"][0] @ x)
-    r = jax.nn.sigmoid(p["W"][1] @ h + p["U"][1] @ x)
-    n = jnp.tanh(p["W"][2] @ (r * h) + p["U"][2] @ x)
-    return (1 - z) * h + z * n
 
 
 def tanh_rnn(h, x, p):
