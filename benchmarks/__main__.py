@@ -12,9 +12,10 @@ result file of that prefix in the folder (``<prefix>-summary.md``) and PNG plots
 Suites: ``affine`` (diag-scan, dense-affine), ``nonlinear`` (gru, lstm, lorenz96, logistic),
 ``planning``, ``baselines`` (recur's deer vs a hand-written minimal DEER on the gru reference
 problem, speed-up vs T, profile; pararnn-torch when installed), ``heads``, ``kalman``
-(dynamax when installed), ``mcmc`` (mala, hmc), ``ddim``, ``hmm`` (semiring scans; dynamax's
-HMM inference when it can be imported), ``outputs`` (GLA and Mamba-2/SSD layers through
-``recur.lax.scan``: auto, chunked, the user's lax.scan, a hand chunkwise form).
+(dynamax when installed), ``mcmc`` (mala, hmc), ``ddim``, ``sharding``, ``hmm`` (semiring
+scans; dynamax's HMM inference when it can be imported), ``outputs`` (GLA and Mamba-2/SSD
+layers through ``recur.lax.scan``: auto, chunked, the user's lax.scan, a hand chunkwise form),
+``eager`` (an un-jitted repeat call against the jitted one and the user's ``lax.scan``).
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ from rich.progress import Progress
 from ._common import device_info, loadavg
 
 SUITES = ("affine", "nonlinear", "planning", "baselines", "heads", "kalman", "mcmc", "ddim",
-          "sharding", "hmm", "outputs")
+          "sharding", "hmm", "outputs", "eager")
 
 _COLUMNS = ("workload", "dtype", "D", "n", "T", "method", "ran", "iterations",
             "minimal_iterations", "evaluations", "converged", "fell_back", "median_s",
             "min_s", "max_s", "compile_s", "max_abs_err", "max_abs_err_numpy",
             "speedup_vs_ref", "speedup_vs_loop", "over_minimal", "over_minimal_loop_solve",
-            "auto_over_fastest", "auto_over_fastest_min")
-_MS = ("median_s", "min_s", "max_s")
+            "auto_over_fastest", "auto_over_fastest_min", "first_s", "eager_over_jit_s")
+_MS = ("median_s", "min_s", "max_s", "first_s", "eager_over_jit_s")
 
 
 def _cell(k, v) -> str:

@@ -280,7 +280,7 @@ def compare(step: Callable, h0, xs, params, *, T: int, candidates, reps: int,
 
 def evaluations(rec: dict, T: int, window: int | None = None) -> int | None:
     """Single-step evaluations of ``f`` a recur record did (the accounting of
-    ``recur.runtime._newton.solve_nonlinear``: ``T`` for the initial guess, ``T`` per
+    ``recur.runtime._iterative.solve_nonlinear``: ``T`` for the initial guess, ``T`` per
     whole-sequence iteration plus one for the guess's check, ``W`` per window sweep plus
     ``T`` for the final residual when not converged), plus ``T`` for a fallback loop."""
     ran = rec.get("ran")

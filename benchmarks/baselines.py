@@ -26,7 +26,7 @@ compared with the ``lax.scan`` loop; candidates are compiled first and timed rou
 speed-up over the loop.  ``gru-profile`` records (unless ``--no-profile``): recur's pieces
 timed on their own and ablations made by patching recur's module constants *in this
 process only* (recur's files are not changed): Lyapunov power-iteration sweeps off, and the
-block ``Ã_t P_t`` product as an ``einsum``.
+block ``Ã_t P_t`` product as a broadcast-multiply-sum instead of the shipped ``einsum``.
 """
 
 from __future__ import annotations
@@ -93,16 +93,15 @@ def minimal_candidate(step, h0, *, quasi: bool, solver: str):
 
 def recur_history(step, h0, xs, method: str, T: int) -> list[float]:
     """Residual of the initial guess, then after every iteration, from recur's own solver
-    (``recur.runtime._newton.solve_nonlinear``: its ``history`` stat is not in ``Info``)."""
-    from recur.runtime._newton import solve_nonlinear
+    (``recur.runtime._iterative.solve_nonlinear``: its ``history`` is not in ``Info``)."""
+    from recur.runtime._iterative import solve_nonlinear
     structure = recur.plan(step, h0, xs, method=method).stage_data[0].structure
-    zs, st = jax.jit(lambda h0, xs: solve_nonlinear(
+    zs, st, hist = jax.jit(lambda h0, xs: solve_nonlinear(
         step, h0, xs, method=method, structure=structure, length=T, rtol=0.0,
         atol=TOL))(h0, xs)
     guess = jax.vmap(step)(jnp.broadcast_to(h0, (T,) + h0.shape), xs)
-    its = int(st["iterations"])
-    return [_residual(step, h0, guess, xs)] + \
-        [float(v) for v in np.asarray(st["history"])[:its]]
+    its = int(st.iterations)
+    return [_residual(step, h0, guess, xs)] + [float(v) for v in np.asarray(hist)[:its]]
 
 
 def run_pararnn(W, xs, *, reps: int, ref) -> dict:
@@ -164,36 +163,41 @@ def scaling_workload(D: int, Ts, reps: int, quick: bool = False) -> list[dict]:
 # ----------------------------------------------------------------------------- profile
 
 @contextlib.contextmanager
-def _patched(**changes):
-    """Temporarily set attributes of ``recur.runtime._newton`` (this process only) and
-    empty recur's program cache so that the change is traced."""
-    from recur.runtime import _newton, _program
-    old = {k: getattr(_newton, k) for k in changes}
+def _patched(changes):
+    """Temporarily set ``(object, attribute, value)`` triples of recur's modules and classes
+    (this process only) and empty recur's program cache so that the change is traced."""
+    from recur.runtime import _program
+    old = [(obj, name, getattr(obj, name)) for obj, name, _ in changes]
     try:
-        for k, v in changes.items():
-            setattr(_newton, k, v)
+        for obj, name, value in changes:
+            setattr(obj, name, value)
         _program._programs.clear()
         yield
     finally:
-        for k, v in old.items():
-            setattr(_newton, k, v)
+        for obj, name, value in old:
+            setattr(obj, name, value)
         _program._programs.clear()
 
 
-def _einsum_apply():
-    from recur.runtime import _newton
-    from recur.runtime._jacobian import permute_in, permute_out
-    orig = _newton._apply
+def _broadcast_apply(self, a, v):
+    """``BlockForm.apply`` as a broadcast-multiply-sum (materialises ``T x m x k x k``
+    products) instead of the shipped batched ``einsum``: the alternative the profile
+    measures."""
+    from recur._coefficients import permute_in, permute_out
+    vb = permute_in(v, self.blocks)
+    return permute_out(jnp.sum(a * vb[..., None, :], axis=-1), self.blocks, self.n)
 
-    def apply(kind, a, P, structure):
-        if kind != "block":
-            return orig(kind, a, P, structure)
-        Pb = permute_in(P, structure.blocks)
-        return permute_out(jnp.einsum("tmij,tmj->tmi", a, Pb,
-                                      precision=jax.lax.Precision.HIGHEST),
-                           structure.blocks, P.shape[1])
 
-    return apply
+def _ablations():
+    from recur._coefficients import BlockForm
+    from recur.runtime import _lyapunov
+    no_lyap = [(_lyapunov, "SWEEPS_FIRST", 0), (_lyapunov, "SWEEPS", 0)]
+    broadcast = [(BlockForm, "apply", _broadcast_apply)]
+    return [("deer", "recur deer (as shipped)", []),
+            ("deer", "recur deer, no Lyapunov sweeps", no_lyap),
+            ("deer", "recur deer, broadcast-multiply-sum apply", broadcast),
+            ("quasi-deer", "recur quasi-deer (as shipped)", []),
+            ("quasi-deer", "recur quasi-deer, no Lyapunov sweeps", no_lyap)]
 
 
 def profile_workload(D: int, T: int, reps: int) -> list[dict]:
@@ -204,20 +208,13 @@ def profile_workload(D: int, T: int, reps: int) -> list[dict]:
     step, h0, xs, _ = gru_reference(D, T)
     loop_rec, ref = run_loop(step, h0, xs, None, T=T, reps=reps)
     opts = {"atol": TOL, "rtol": 0.0}
-    no_lyap = dict(_LYAP_SWEEPS_FIRST=0, _LYAP_SWEEPS=0)
-    ablations = [("deer", "recur deer (as shipped)", {}),
-                 ("deer", "recur deer, no Lyapunov sweeps", no_lyap),
-                 ("deer", "recur deer, einsum _apply", {"_apply": _einsum_apply()}),
-                 ("deer", "recur deer, both", {"_apply": _einsum_apply(), **no_lyap}),
-                 ("quasi-deer", "recur quasi-deer (as shipped)", {}),
-                 ("quasi-deer", "recur quasi-deer, no Lyapunov sweeps", no_lyap)]
     recs, prepared = [], []
-    for method, label, patch in ablations:
+    for method, label, patch in _ablations():
         def fn(h0, xs, method=method):
             return recur.scan(step, h0, xs, method=method, return_info=True, **opts)
         rec = {"method": label, "candidate": "recur", "kind": "ablation"}
         try:
-            with _patched(**patch):
+            with _patched(patch):
                 prepared.append(_prepare(fn, (h0, xs), reps))
         except Exception as e:  # noqa: BLE001 - recur's internals moved: report, go on
             rec["error"] = f"{type(e).__name__}: {str(e)[:300]}"
@@ -252,20 +249,19 @@ def profile_workload(D: int, T: int, reps: int) -> list[dict]:
 
 def _pieces(step, h0, xs, D: int, T: int, reps: int) -> list[dict]:
     """The pieces of one iteration at a realistic point (the initial guess), each jitted
-    alone (uses recur's private functions: the records say when they moved)."""
-    from recur.runtime import _newton
+    alone (uses recur's private modules: the records say when they moved)."""
+    from recur import _methods
+    from recur.runtime import _linear, _lyapunov
+    from recur.runtime._jacobian import linearise
     recs = []
     structure = recur.plan(step, h0, xs, method="deer").stage_data[0].structure
     P = jax.vmap(step)(jnp.broadcast_to(h0, (T, D)), xs)
 
     def evaluate_fn(method):
-        kind, _, lyap_exact, needs_jvp, E = _newton._setup(method, structure, None, D,
-                                                          jnp.float32)
-        ev = _newton._make_evaluate(step, method, structure, kind, None, lyap_exact,
-                                    needs_jvp, E, D, jnp.float32)
-        return kind, (lambda P, xs: ev(P, xs)[:2])
+        lin = linearise(step, _methods.get(method), structure, D, jnp.float32)
+        return lin.form, (lambda P, xs: lin.evaluate(P, xs)[:2])
 
-    kind, ev_deer = evaluate_fn("deer")
+    form, ev_deer = evaluate_fn("deer")
     _, ev_quasi = evaluate_fn("quasi-deer")
     (fz, a), _, _ = time_jitted(ev_deer, (P, xs), 1)
 
@@ -275,29 +271,29 @@ def _pieces(step, h0, xs, D: int, T: int, reps: int) -> list[dict]:
 
     jac = jax.vmap(jax.jacfwd(with_aux, has_aux=True))
     J = a[:, 0]
-    V0, lyap = _newton._lyapunov_tools(D, T, jnp.float32, False)
+    lyap = _lyapunov.LyapunovEstimate(D, T, jnp.float32, exact=False)
 
     def one_sweep(P, xs, V):
         _, jvp_all = jax.linearize(lambda Z: jax.vmap(step)(Z, xs), P)
-        return _newton._lyapunov_sweep(jvp_all, V, V0[0])
+        return _lyapunov.sweep(jvp_all, V, lyap.u0)
 
     pieces = [
-        ("recur _make_evaluate deer: f + J blocks (linearize + k JVPs)", ev_deer, (P, xs)),
-        ("recur _make_evaluate quasi-deer: f + diag(J) (n JVPs, colour sum)", ev_quasi,
-         (P, xs)),
+        ("recur linearise deer: f + J blocks (k JVPs)", ev_deer, (P, xs)),
+        ("recur linearise quasi-deer: f + diag(J) (n JVPs, colour sum)", ev_quasi, (P, xs)),
         ("minimal: vmap(jacfwd(f)) (J and f)", jac, (P, xs)),
         ("minimal: diag of vmap(jacfwd(f))",
          lambda P, xs: jnp.diagonal(jac(P, xs)[0], axis1=-2, axis2=-1), (P, xs)),
-        ("recur _apply block (A_t P_t, broadcast-multiply-sum)",
-         lambda a, P: _newton._apply(kind, a, P, structure), (a, P)),
-        ("einsum A_t P_t", lambda J, P: jnp.einsum("tij,tj->ti", J, P), (J, P)),
-        ("recur _linear_recurrence (block_scan, CPU: sequential loop)",
-         lambda a, b: _newton._linear_recurrence(kind, a, b, h0, structure), (a, fz)),
+        ("recur BlockForm.apply (A_t P_t, batched einsum)", form.apply, (a, P)),
+        ("A_t P_t as a broadcast-multiply-sum",
+         lambda a, P: _broadcast_apply(form, a, P), (a, P)),
+        ("recur _linear.solve (block_scan, CPU: sequential loop)",
+         lambda a, b: _linear.solve(form, a, b, h0), (a, fz)),
         ("minimal: associative_scan dense solve",
          lambda J, b: B._solve_dense_assoc(J, b, h0), (J, fz)),
         ("minimal: lax.scan dense solve", lambda J, b: B._solve_loop(J, b, h0, False),
          (J, fz)),
-        ("one Lyapunov power-iteration sweep (linearize + 1 JVP)", one_sweep, (P, xs, V0)),
+        ("one Lyapunov power-iteration sweep (linearize + 1 JVP)", one_sweep,
+         (P, xs, lyap.V0)),
         ("f alone (vmap over T)", jax.vmap(step), (P, xs)),
     ]
     for label, fn, args in pieces:

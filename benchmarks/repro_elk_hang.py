@@ -41,7 +41,7 @@ In recur the ELK solver's parallel Kalman filter had exactly this shape: each co
 the Särkkä--García-Fernández prefix scan solved two independent batched ``k x k`` systems
 with LU + ``triangular_solve`` (``T`` systems per round): a dense tanh RNN with D = 32 hung
 from T ≈ 200 (float32).  recur now inverts those blocks with a Gauss--Jordan elimination
-written in ``jnp`` ops (``recur/runtime/_newton.py: _binv``); the compiled program holds no
+written in ``jnp`` ops (``recur/runtime/_kalman.py: _binv``); the compiled program holds no
 custom call.  Other projects report the same deadlock through other LAPACK kernels that use
 ``ParallelBatchMap`` (``potrf``, ``gtsv``).
 """

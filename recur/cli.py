@@ -507,14 +507,6 @@ def _bench_params(rec, rng):
     return out
 
 
-def _known_methods() -> tuple[str, ...]:
-    try:
-        from .passes._lower import METHODS
-        return tuple(METHODS)
-    except ImportError:  # pragma: no cover - the list moved; the documented methods
-        return ("auto", "sequential", "scan", "deer", "quasi-deer", "picard")
-
-
 def _times_fmt(x: float) -> str:
     return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
 
@@ -538,6 +530,66 @@ def _bench_row(cells: Sequence[str]) -> str:
     return " ".join(c.ljust(w) if w else c for c, (_, w) in zip(cells, _BENCH_COLS)).rstrip()
 
 
+def _bench_methods(args) -> list[str]:
+    """The methods to compare: the loop first (the reference of the difference and speed
+    columns), ``auto`` last."""
+    from . import _methods
+    known = _methods.names()
+    methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
+               else [m for m in known if m != "auto"])
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise RecurError(f"unknown method(s) {', '.join(unknown)}; recur has "
+                         f"{', '.join(known)}.")
+    return ["sequential"] + [m for m in dict.fromkeys(methods)
+                             if m not in ("sequential", "auto")] + ["auto"]
+
+
+def _bench_one(rec, m, run, reps, reference, seq_s):
+    """One method's record (or ``None`` when it does not apply), printed as it finishes;
+    ``reference``: the loop's leaves, ``seq_s``: its median time."""
+    import jax
+    import numpy as np
+
+    print(f"{m:<{_BENCH_COLS[0][1]}} ", end="", flush=True)   # which one is running
+    try:
+        rec.plan(length=run["T"], method=m)          # shapes suffice to know if it applies
+    except RecurError as exc:
+        print(f"not applicable: {exc}", flush=True)
+        return None
+    try:
+        fn = jax.jit(lambda xs: rec.scan(run["h0"], xs, run["params"], length=run["length"],
+                                         method=m, return_info=True))
+        start = time.perf_counter()
+        hs, info = jax.block_until_ready(fn(run["xs"]))
+        compile_s = time.perf_counter() - start
+        times = [_time(fn, run["xs"]) for _ in range(reps)]
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one method failing does not end the bench
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"failed: {type(exc).__name__}: {msg[:300]}", flush=True)
+        return {"method": m, "error": f"{type(exc).__name__}: {msg}"}
+    leaves = [np.asarray(v) for v in jax.tree_util.tree_leaves(hs)]
+    cmp = [_compare(a, b) for a, b in zip(leaves, reference or leaves)]
+    diff = max((c["max_abs"] for c in cmp), default=0.0)
+    mismatches = sum(c["mismatches"] for c in cmp)
+    residual, _, fell_back = _info_summary(info)
+    med = float(np.median(times))
+    seq_s = med if m == "sequential" else seq_s
+    r = {"method": m, "ran": info.method, "median_s": med, "min_s": float(np.min(times)),
+         "max_s": float(np.max(times)), "compile_s": compile_s, "residual": residual,
+         "fell_back": fell_back, "max_abs_diff": diff, "nonfinite_mismatches": mismatches,
+         "speedup_vs_sequential": (seq_s / med) if seq_s else None, "_leaves": leaves}
+    cells = ["", r["ran"], f"{med * 1e3:.3f}", f"{r['min_s'] * 1e3:.3f}",
+             f"{r['max_s'] * 1e3:.3f}", f"{compile_s:.2f}", f"{residual:.2e}",
+             "yes" if fell_back else "no",
+             f"{diff:.2e}" + (f" ({mismatches} non-finite disagree)" if mismatches else ""),
+             _speed(seq_s, med, m == "sequential")]
+    print(_bench_row(cells)[_BENCH_COLS[0][1] + 1:], flush=True)   # after the name
+    return r
+
+
 def cmd_bench(args) -> int:
     import jax
     import jax.numpy as jnp
@@ -551,25 +603,16 @@ def cmd_bench(args) -> int:
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         if path:
             _refuse_protected(path, flag, [(args.file, "the .rec file")])
-    known = _known_methods()
-    methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
-               else [m for m in known if m != "auto"])
-    unknown = [m for m in methods if m not in known]
-    if unknown:
-        raise RecurError(f"unknown method(s) {', '.join(unknown)}; recur has "
-                         f"{', '.join(known)}.")
-    # the loop first (the reference of the difference and speed columns), auto last
-    methods = ["sequential"] + [m for m in dict.fromkeys(methods)
-                                if m not in ("sequential", "auto")] + ["auto"]
+    methods = _bench_methods(args)
 
     rec = _load(args)
     rng = np.random.default_rng(args.seed)
     T = args.length
     params = _bench_params(rec, rng)
-    h0 = rec.init(params)
     xs = {k: jnp.asarray(0.5 * rng.standard_normal((T,) + tuple(s)), rec.model.dtype)
           for k, s in rec.model.inputs.items()} or None
-    length = None if xs else T
+    run = {"T": T, "h0": rec.init(params), "xs": xs, "params": params,
+           "length": None if xs else T}
     device = jax.devices()[0]
     print(f"recur bench {rec.model.name}: T={T}, {device.platform} ({device.device_kind}), "
           f"{args.reps} timed run(s) per method after a compiling run; differences and speed "
@@ -577,47 +620,15 @@ def cmd_bench(args) -> int:
     print(_bench_row([c for c, _ in _BENCH_COLS]), flush=True)
     records, reference, seq_s = [], None, None
     for m in methods:
-        print(f"{m:<{_BENCH_COLS[0][1]}} ", end="", flush=True)   # which one is running
-        try:
-            rec.plan(length=T, method=m)          # shapes suffice to know if it applies
-        except RecurError as exc:
-            print(f"not applicable: {exc}", flush=True)
+        r = _bench_one(rec, m, run, args.reps, reference, seq_s)
+        if r is None:
             continue
-        try:
-            fn = jax.jit(lambda xs, m=m: rec.scan(h0, xs, params, length=length, method=m,
-                                                  return_info=True))
-            start = time.perf_counter()
-            hs, info = jax.block_until_ready(fn(xs))
-            compile_s = time.perf_counter() - start
-            times = [_time(fn, xs) for _ in range(args.reps)]
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # noqa: BLE001 - one method failing does not end the bench
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            print(f"failed: {type(exc).__name__}: {msg[:300]}", flush=True)
-            records.append({"method": m, "error": f"{type(exc).__name__}: {msg}"})
-            continue
-        leaves = [np.asarray(v) for v in jax.tree_util.tree_leaves(hs)]
-        if reference is None:
+        leaves = r.pop("_leaves", None)
+        if leaves is not None and reference is None:
             reference = leaves
-        cmp = [_compare(a, b) for a, b in zip(leaves, reference)]
-        diff = max((c["max_abs"] for c in cmp), default=0.0)
-        mismatches = sum(c["mismatches"] for c in cmp)
-        residual, _, fell_back = _info_summary(info)
-        med = float(np.median(times))
-        if m == "sequential":
-            seq_s = med
-        r = {"method": m, "ran": info.method, "median_s": med, "min_s": float(np.min(times)),
-             "max_s": float(np.max(times)), "compile_s": compile_s, "residual": residual,
-             "fell_back": fell_back, "max_abs_diff": diff, "nonfinite_mismatches": mismatches,
-             "speedup_vs_sequential": (seq_s / med) if seq_s else None}
+        if m == "sequential" and "median_s" in r:
+            seq_s = r["median_s"]
         records.append(r)
-        cells = ["", r["ran"], f"{med * 1e3:.3f}", f"{r['min_s'] * 1e3:.3f}",
-                 f"{r['max_s'] * 1e3:.3f}", f"{compile_s:.2f}", f"{residual:.2e}",
-                 "yes" if fell_back else "no",
-                 f"{diff:.2e}" + (f" ({mismatches} non-finite disagree)" if mismatches else ""),
-                 _speed(seq_s, med, m == "sequential")]
-        print(_bench_row(cells)[_BENCH_COLS[0][1] + 1:], flush=True)   # after the name
     if args.json:
         _atomic_write_text(args.json, json.dumps({"device": device.device_kind,
                                                   "platform": device.platform, "T": T,

@@ -197,6 +197,33 @@ class _Checker:
     # ------------------------------------------------------------------------ run
     def run(self) -> Checked:
         rec = self.rec
+        dims_items, params, inputs, states, defines, updates, outputs = self._sort(rec)
+        self._declare_all(dims_items, params, inputs, states, defines, outputs)
+        self._set_dims(dims_items)
+        self._declared_shapes(params, inputs, states)
+        param_values = self._values(params, "param", "default")
+        state_inits = self._values(states, "state", "init")
+        upd = self._match_updates(updates, states)
+        order, by_name, local_shapes = self._order_locals(defines)
+        updates_out = self._update_shapes(states, upd)
+        outputs_out, output_shapes = self._output_shapes(outputs)
+        return Checked(
+            name=rec.name, text=self.text, filename=self.filename, dims=dict(self.dims),
+            params={p.name: self.shapes_decl[p.name] for p in params},
+            param_values=param_values,
+            inputs={i.name: self.shapes_decl[i.name] for i in inputs},
+            states={s.name: self.shapes_decl[s.name] for s in states},
+            state_inits=state_inits,
+            locals={n: by_name[n].value for n in order}, local_shapes=local_shapes,
+            updates=updates_out, uses_t=self.uses_t, outputs=outputs_out,
+            output_shapes=output_shapes, update_stmts=upd, shapes=self.shapes,
+            subscripts=self.subscripts, axes=self.axes, const_shapes=self.const_shapes,
+            decl_nodes=dict(self.decl_nodes), kinds=dict(self.kinds))
+
+    @staticmethod
+    def _sort(rec):
+        """The statements by kind: dim items, param/input/state items, definitions,
+        updates, outputs (each in file order)."""
         dims_items, params, inputs, states, defines, updates, outputs = [], [], [], [], [], [], []
         for st in rec.statements:
             if isinstance(st, A.DimStmt):
@@ -209,8 +236,10 @@ class _Checker:
                 updates.append(st)
             elif isinstance(st, A.Output):
                 outputs.append(st)
+        return dims_items, params, inputs, states, defines, updates, outputs
 
-        # names, once each
+    def _declare_all(self, dims_items, params, inputs, states, defines, outputs):
+        """Every name, once."""
         for it in dims_items:
             self.declare(it.name, "dim", it)
         for kind, items in (("param", params), ("input", inputs), ("state", states)):
@@ -221,26 +250,23 @@ class _Checker:
         for o in outputs:
             self.declare(o.name, "output", o)
 
-        # dims (overrides win)
+    def _set_dims(self, dims_items):
+        """The dims' values (load-time overrides win)."""
         unknown = [k for k in self.overrides if self.kinds.get(k) != "dim"]
         if unknown:
-            declared = ", ".join(self.dims_names(dims_items)) or "none"
+            names = self.dims_names(dims_items)
+            declared = ", ".join(names) or "none"
             k = unknown[0]
-            raise self.err(f"unknown dim '{k}' given at load time{self.suggest(k, self.dims_names(dims_items))}"
-                           f" (the recurrence '{rec.name}' declares dims: {declared})", rec)
+            raise self.err(f"unknown dim '{k}' given at load time{self.suggest(k, names)}"
+                           f" (the recurrence '{self.rec.name}' declares dims: {declared})",
+                           self.rec)
         for it in dims_items:
             if it.name in self.overrides:
-                v = self.overrides[it.name]
-                ok = isinstance(v, int) and not isinstance(v, bool)
-                if not ok:
-                    try:
-                        import numpy as np
-                        ok = isinstance(v, np.integer)
-                        v = int(v) if ok else v
-                    except Exception:  # noqa: BLE001
-                        ok = False
-                if not ok or v <= 0:
-                    raise self.err(f"dim {it.name} must be a positive integer, got {v!r}", it)
+                raw = self.overrides[it.name]
+                v = _override_int(raw)
+                if v is None or v <= 0:
+                    raise self.err(f"dim {it.name} must be a positive integer, got "
+                                   f"{raw if v is None else v!r}", it)
             else:
                 v = self.const_int(it.value, f"dim {it.name}")
                 if v <= 0:
@@ -249,34 +275,30 @@ class _Checker:
                 raise self.err(f"dim {it.name} = {v} is too large", it)
             self.dims[it.name] = int(v)
 
-        # declared shapes
+    def _declared_shapes(self, params, inputs, states):
         for kind, items in (("param", params), ("input", inputs), ("state", states)):
             for it in items:
                 self.shapes_decl[it.name] = self.eval_shape_decl(it.shape, it.name)
                 if kind == "input" and it.value is not None:
                     raise self.err(f"input '{it.name}' cannot have a value: inputs are given "
                                    "per step at run time", it.value)
-
         if not states:
-            raise self.err(f"recurrence '{rec.name}' declares no state (e.g. state h = 0)", rec)
+            raise self.err(f"recurrence '{self.rec.name}' declares no state (e.g. state h = 0)",
+                           self.rec)
 
-        # param defaults: numbers and dims
-        param_values = {}
-        self.context = "default"
-        for it in params:
+    def _values(self, items, kind, context):
+        """Param defaults (numbers and dims) or state initial values (numbers, dims and
+        params): ``name -> Expr | None``."""
+        values = {}
+        self.context = context
+        for it in items:
             if it.value is not None:
-                self.check_value(it.value, it.name, "param")
-            param_values[it.name] = it.value
+                self.check_value(it.value, it.name, kind)
+            values[it.name] = it.value
+        return values
 
-        # state initial values: numbers, dims and params
-        state_inits = {}
-        self.context = "init"
-        for it in states:
-            if it.value is not None:
-                self.check_value(it.value, it.name, "state")
-            state_inits[it.name] = it.value
-
-        # updates: every state exactly once, nothing else
+    def _match_updates(self, updates, states) -> dict:
+        """Every state updated exactly once, nothing else: ``state name -> Update``."""
         upd: dict = {}
         for u in updates:
             kind = self.kinds.get(u.name)
@@ -294,8 +316,11 @@ class _Checker:
             if it.name not in upd:
                 raise self.err(f"state '{it.name}' has no update: add a line {it.name}' = ...",
                                it)
+        return upd
 
-        # local definitions: dependency order
+    def _order_locals(self, defines):
+        """The local definitions in dependency order (file order among independent ones),
+        with their shapes: ``(order, name -> Define, name -> shape)``."""
         self.context = "update"
         graph = nx.DiGraph()
         order_index = {}
@@ -309,63 +334,61 @@ class _Checker:
         try:
             order = list(nx.lexicographical_topological_sort(graph, key=lambda n: order_index[n]))
         except nx.NetworkXUnfeasible:
-            cycle = _a_cycle(graph, defines)
-            first = min(cycle, key=lambda n: order_index[n])
-            if len(cycle) == 1:
-                raise self.err(f"'{first}' is defined in terms of itself", self.decl_nodes[first])
-            cycle = list(reversed(cycle))          # edges point from a name to its users
-            k = cycle.index(first)
-            cycle = cycle[k:] + cycle[:k]
-            path = " -> ".join(cycle + [first])
-            raise self.err(f"definitions form a cycle: {path} (each uses the next)",
-                           self.decl_nodes[first]) from None
+            raise self._cycle_error(graph, defines, order_index) from None
         by_name = {d.name: d for d in defines}
         local_shapes = {}
         for name in order:
-            shape, kind = self.infer(by_name[name].value)
-            if kind == "bool":
-                raise self.err(f"'{name}' is a comparison: comparisons and and/or/not are usable "
-                               "only inside where(...)", by_name[name].value)
+            shape = self._not_a_comparison(
+                by_name[name].value, f"'{name}' is a comparison: comparisons and and/or/not "
+                                     "are usable only inside where(...)")
             self.shapes_decl[name] = shape
             local_shapes[name] = shape
+        return order, by_name, local_shapes
 
-        # updates: shapes
+    def _cycle_error(self, graph, defines, order_index):
+        cycle = _a_cycle(graph, defines)
+        first = min(cycle, key=lambda n: order_index[n])
+        if len(cycle) == 1:
+            return self.err(f"'{first}' is defined in terms of itself", self.decl_nodes[first])
+        cycle = list(reversed(cycle))          # edges point from a name to its users
+        k = cycle.index(first)
+        cycle = cycle[k:] + cycle[:k]
+        path = " -> ".join(cycle + [first])
+        return self.err(f"definitions form a cycle: {path} (each uses the next)",
+                        self.decl_nodes[first])
+
+    def _update_shapes(self, states, upd) -> dict:
+        """Each update's shape against its state's: ``state name -> Expr``."""
         updates_out = {}
         for it in states:
             u = upd[it.name]
-            shape, kind = self.infer(u.value)
-            if kind == "bool":
-                raise self.err(f"{it.name}' is a comparison: comparisons and and/or/not are usable"
-                               " only inside where(...)", u.value)
+            shape = self._not_a_comparison(
+                u.value, f"{it.name}' is a comparison: comparisons and and/or/not are usable"
+                         " only inside where(...)")
             decl = self.shapes_decl[it.name]
             if _broadcast(shape, decl) != decl:
                 raise self.err(f"{it.name}' has shape {_fmt(shape)} but state '{it.name}' is "
                                f"declared with shape {_fmt(decl)}", u.value)
             updates_out[it.name] = u.value
+        return updates_out
 
-        # outputs: shapes; h' is the new state here
+    def _output_shapes(self, outputs):
+        """Outputs' values and shapes (``h'`` is the new state here)."""
         self.context = "output"
         outputs_out, output_shapes = {}, {}
         for o in outputs:
-            shape, kind = self.infer(o.value)
-            if kind == "bool":
-                raise self.err(f"output '{o.name}' is a comparison: comparisons and and/or/not "
-                               "are usable only inside where(...)", o.value)
+            output_shapes[o.name] = self._not_a_comparison(
+                o.value, f"output '{o.name}' is a comparison: comparisons and and/or/not "
+                         "are usable only inside where(...)")
             outputs_out[o.name] = o.value
-            output_shapes[o.name] = shape
+        return outputs_out, output_shapes
 
-        return Checked(
-            name=rec.name, text=self.text, filename=self.filename, dims=dict(self.dims),
-            params={p.name: self.shapes_decl[p.name] for p in params},
-            param_values=param_values,
-            inputs={i.name: self.shapes_decl[i.name] for i in inputs},
-            states={s.name: self.shapes_decl[s.name] for s in states},
-            state_inits=state_inits,
-            locals={n: by_name[n].value for n in order}, local_shapes=local_shapes,
-            updates=updates_out, uses_t=self.uses_t, outputs=outputs_out,
-            output_shapes=output_shapes, update_stmts=upd, shapes=self.shapes,
-            subscripts=self.subscripts, axes=self.axes, const_shapes=self.const_shapes,
-            decl_nodes=dict(self.decl_nodes), kinds=dict(self.kinds))
+    def _not_a_comparison(self, expr, message) -> tuple:
+        """The shape of a value that must not be boolean (``message`` otherwise)."""
+        shape, kind = self.infer(expr)
+        if kind == "bool":
+            raise self.err(message, expr)
+        return shape
 
     @staticmethod
     def dims_names(items):
@@ -619,6 +642,19 @@ class _Checker:
                                f"{_fmt(a)}", e)
             return b, "float"
         raise self.err(f"unsupported function {e.func}", e)   # pragma: no cover
+
+
+def _override_int(v) -> Optional[int]:
+    """A load-time dim override as an ``int`` (Python or NumPy integer), else ``None``."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy comes with jax
+        return None
+    return int(v) if isinstance(v, np.integer) else None
 
 
 def _a(kind: str) -> str:

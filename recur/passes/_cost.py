@@ -21,11 +21,11 @@ jacobi) and ``k`` the expected iterations (the registry's; each iteration evalua
 When the plan is made for differentiation (``for_grad=True``, or inside ``jax.grad``),
 the reverse pass is added: the loop's reverse scan of the step's VJP and the scan's adjoint
 scan with the transposed step, each as a measured multiple of its forward time
-(``loop_backward``, ``scan_backward``; on this CPU fitted so that the quickstart model's
-measured gradient times -- 13.4 ms through the loop, 9.8 ms through the scan -- are
-predicted: the reverse scan of a ``lax.scan`` rereads its stacked residuals step by step and
-costs about ten times the forward loop there), and the iterative methods' tangent solve (the true
-Jacobians from two applications of the linearised step per colour, one adjoint scan).  The constants ``c`` are measured per backend
+(``loop_backward``, ``scan_backward``, measured by ``benchmarks/calibrate.py``: on this CPU
+the reverse scan of a ``lax.scan`` rereads its stacked residuals step by step and costs
+about six times the forward loop, the scan's adjoint about 1.3 times the forward scan), and
+the iterative methods' tangent solve (the true Jacobians from two applications of the
+linearised step per colour, one adjoint scan).  The constants ``c`` are measured per backend
 by ``benchmarks/calibrate.py`` (each records where it came from); ``auto`` takes the
 method with the smallest predicted time among the exact-or-checked candidates that fit in
 memory.  The model is coarse (no cache effects, no fusion), which is why ``autotune``
@@ -68,11 +68,11 @@ CONSTANTS = {
     "cpu": BackendConstants(
         "cpu", loop_step_s=1.28e-10, loop_flop_s=2.4e-11, loop_elem_s=1.65e-09,
         map_flop_s=5.03e-12, map_elem_s=8.4e-10, pass_s=3.4e-05, scan_step_s=1e-15,
-        scan_elem_s=1.88e-09, iteration_s=1.97e-06, loop_backward=10.5, scan_backward=2.4,
+        scan_elem_s=1.88e-09, iteration_s=1.97e-06, loop_backward=6.2, scan_backward=1.26,
         source="measured by benchmarks/calibrate.py on cpu (2 cores), jax 0.10.2, "
-               "2026-11-30, load average 1.3; backward factors fitted on the quickstart "
-               "model (T = 1e4, D = 64, quiet machine): jax.grad through the loop 13.4 ms and "
-               "through the scan 9.8 ms, against forward predictions of 1.16 and 2.9 ms"),
+               "2026-11-30, load average 1.3; loop_backward and scan_backward measured by "
+               "the same script at T = 1e4 (load average 3.2): gradient time over forward "
+               "time, minus one, median over the quickstart step and a dense tanh step"),
     # No GPU was lent to this project yet: these are assumptions for one H100, to be replaced
     # by `python -m benchmarks.calibrate` on the device.  A step of a lax.scan on a GPU is at
     # least one kernel launch plus a host-free loop iteration (~5-10 us, widely reported for

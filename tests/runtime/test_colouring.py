@@ -21,13 +21,14 @@ from hypothesis import strategies as st
 import recur
 from recur._errors import PlanError
 from recur.passes._dependency import jacobian_sparsity
-from recur.passes._structure import (Structure, analyse_structure, column_colouring,
-                                     is_proper_colouring)
+from recur.passes._structure import analyse_structure, column_colouring, is_proper_colouring
 from recur.passes._trace import trace_step
 from recur.passes._verify import verify
 from recur import _coefficients
 from recur.runtime import _iterative, _jacobian
 from recur.runtime._iterative import solve_nonlinear
+
+from .._steps import loop, structure_of
 
 TOL = dict(rtol=1e-13, atol=1e-13)
 D = 12
@@ -54,14 +55,6 @@ def on_attractor(d=D, seed=1, spinup=500):
 def shapes(*trees):
     """Plans from shapes only (no Lyapunov run along the loop)."""
     return [jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), t) for t in trees]
-
-
-def loop(fn, h0, xs, p):
-    return jax.lax.scan(lambda h, x: (fn(h, x, p),) * 2, h0, xs)[1]
-
-
-def structure_of(step, h0, xs) -> Structure:
-    return analyse_structure(jacobian_sparsity(trace_step(step, h0, xs)).pattern)
 
 
 def cyclic_band(n, offsets):

@@ -19,6 +19,8 @@ import pytest
 
 import recur
 
+from .._steps import loop
+
 TOL = dict(rtol=1e-13, atol=1e-13)
 # elk agrees with the loop to ~2e-15 here, quasi-elk to ~2e-13 (linear convergence stops
 # at the 1e-13 residual test; the errors add up along the trajectory)
@@ -36,10 +38,6 @@ def tanh_rnn(D, T, seed=0):
         return jnp.tanh(p["W"] @ h + p["U"] @ x + p["b"])
 
     return step, params, jnp.zeros(D), jnp.asarray(rng.standard_normal((T, D)))
-
-
-def loop(step, h0, xs, params):
-    return jax.lax.scan(lambda h, x: (step(h, x, params),) * 2, h0, xs)[1]
 
 
 @pytest.mark.timeout(HANG_TIMEOUT)

@@ -9,26 +9,12 @@ import numpy as np
 import pytest
 
 from recur._errors import PlanError
-from recur.passes._dependency import jacobian_sparsity
-from recur.passes._structure import analyse_structure
-from recur.passes._trace import trace_step
 from recur.runtime._iterative import solve_nonlinear
 from recur.runtime._windows import default_sweeps
 
+from .._steps import loop, structure_of, true_residual
+
 TOL = dict(rtol=1e-13, atol=1e-13)
-
-
-def structure_of(step, h0, xs):
-    return analyse_structure(jacobian_sparsity(trace_step(step, h0, xs)).pattern)
-
-
-def sequential(step, h0, xs):
-    return jax.lax.scan(lambda h, x: (step(h, x),) * 2, h0, xs)[1]
-
-
-def true_residual(step, h0, zs, xs):
-    prev = jnp.concatenate([h0[None], zs[:-1]])
-    return float(np.max(np.abs(np.asarray(zs) - np.asarray(jax.vmap(step)(prev, xs)))))
 
 
 def gru_step(D, seed=0):
@@ -78,7 +64,7 @@ def test_elk_gru_dense_agrees_with_loop():
     assert s.jacobian == "dense"
     zs, st, hist = solve_nonlinear(step, h0, xs, method="elk", structure=s, length=64, **TOL)
     assert bool(st.converged) and int(st.iterations) <= 8, st
-    np.testing.assert_allclose(zs, sequential(step, h0, xs), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(zs, loop(step, h0, xs), rtol=0, atol=1e-12)
     assert true_residual(step, h0, zs, xs) <= float(st.residual) + 1e-15
     assert int(st.iterations) == int(st.iterations)
     assert int(st.evaluations) == 64 * (int(st.iterations) + 2)
@@ -96,7 +82,7 @@ def test_elk_tanh_agrees_with_loop_and_gradients(method):
         if solver:
             zs, st, hist = solve_nonlinear(f, h0, xs, method=method, structure=s, length=T, **TOL)
         else:
-            zs, st = sequential(f, h0, xs), None
+            zs, st = loop(f, h0, xs), None
         return jnp.sum(jnp.sin(zs)), (zs, st)
 
     (_, (zs, st)), g = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(p, h0, xs, True)
@@ -115,7 +101,7 @@ def test_elk_lorenz96_is_honest_and_windows_converge():
     T = 200
     step, h0, xs = lorenz96_problem(T)
     s = structure_of(step, h0, xs)
-    ref = sequential(step, h0, xs)
+    ref = loop(step, h0, xs)
     zs, st, hist = solve_nonlinear(step, h0, xs, method="elk", structure=s, length=T, max_iters=20,
                              **TOL)
     real = true_residual(step, h0, zs, xs)
@@ -144,7 +130,7 @@ def test_window_picard_euler():
     zs, st, hist = solve_nonlinear(step, h0, xs, method="picard", structure=s, length=T, window=32,
                              **TOL)
     assert bool(st.converged), st
-    np.testing.assert_allclose(zs, sequential(step, h0, xs), rtol=0, atol=1e-11)
+    np.testing.assert_allclose(zs, loop(step, h0, xs), rtol=0, atol=1e-11)
     assert true_residual(step, h0, zs, xs) <= float(st.residual) + 1e-15
     sweeps = int(st.iterations)
     assert T // 32 <= sweeps <= default_sweeps(T, 32)
@@ -165,11 +151,11 @@ def test_window_deer_tanh_and_gradients():
 
     (_, (zs, st)), g = jax.value_and_grad(loss, has_aux=True)(p)
     assert bool(st.converged), st
-    np.testing.assert_allclose(zs, sequential(step, h0, xs), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(zs, loop(step, h0, xs), rtol=0, atol=1e-12)
     assert 8 <= int(st.iterations) <= default_sweeps(T, 32)
     assert int(st.evaluations) == T + 32 * int(st.iterations)
     # derivatives come from custom_root on the full trajectory, not from the windows
-    ref = jax.grad(lambda p: jnp.sum(jnp.sin(sequential(lambda h, x: step(h, x, p), h0, xs))))(p)
+    ref = jax.grad(lambda p: jnp.sum(jnp.sin(loop(lambda h, x: step(h, x, p), h0, xs))))(p)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 

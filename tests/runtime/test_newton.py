@@ -12,33 +12,11 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from recur.passes._dependency import jacobian_sparsity
-from recur.passes._structure import analyse_structure
-from recur.passes._trace import trace_step
 from recur.runtime._iterative import default_max_iters, solve_nonlinear
 
+from .._steps import gru, loop, structure_of, true_residual
+
 TOL = dict(rtol=1e-13, atol=1e-13)
-
-
-def structure_of(step, h0, xs, length=None):
-    ir = trace_step(step, h0, xs, length=length)
-    return analyse_structure(jacobian_sparsity(ir).pattern)
-
-
-def sequential(step, h0, xs, length):
-    if xs is None:
-        return jax.lax.scan(lambda h, _: (step(h, None),) * 2, h0, None, length=length)[1]
-    return jax.lax.scan(lambda h, x: (step(h, x),) * 2, h0, xs)[1]
-
-
-def true_residual(step, h0, zs, xs):
-    """max |z_t - f(z_{t-1})|, equal non-finite values agreeing, any other non-finite inf."""
-    prev = jnp.concatenate([h0[None], zs[:-1]])
-    fz = jax.vmap(step)(prev, xs) if xs is not None else jax.vmap(lambda p: step(p, None))(prev)
-    zs, fz = np.asarray(zs), np.asarray(fz)
-    same = (np.isnan(zs) & np.isnan(fz)) | (~np.isfinite(zs) & (zs == fz))
-    diff = np.where(same, 0.0, np.abs(zs - fz))
-    return float(np.max(np.where(np.isnan(diff), np.inf, diff), initial=0.0))
 
 
 # ----------------------------------------------------------------------------- problems
@@ -47,13 +25,6 @@ def gru_params(D, seed=0):
     rng = np.random.default_rng(seed)
     return {"W": jnp.asarray(rng.standard_normal((3, D, D)) / np.sqrt(D)),
             "U": jnp.asarray(rng.standard_normal((3, D, D)) / np.sqrt(D))}
-
-
-def gru(h, x, p):
-    z = jax.nn.sigmoid(p["W"][0] @ h + p["U"][0] @ x)
-    r = jax.nn.sigmoid(p["W"][1] @ h + p["U"][1] @ x)
-    n = jnp.tanh(p["W"][2] @ (r * h) + p["U"][2] @ x)
-    return (1 - z) * h + z * n
 
 
 def tanh_rnn(h, x, p):
@@ -122,7 +93,7 @@ def test_agrees_with_loop(name, method):
     assert s.jacobian == EXPECTED[name]
     zs, st, hist = jax.jit(lambda h0, xs: solve_nonlinear(step, h0, xs, method=method, structure=s,
                                                     length=T, **TOL))(h0, xs)
-    ref = sequential(step, h0, xs, T)
+    ref = loop(step, h0, xs, length=T)
     assert zs.shape == ref.shape and zs.dtype == ref.dtype
     assert bool(st.converged), (name, method, st)
     assert 0 < int(st.iterations) <= default_max_iters(method, T)
@@ -147,7 +118,7 @@ def test_lorenz96_long_is_honest():
     step = lambda h, x: fn(h, x, p)  # noqa: E731
     T = 200
     s = structure_of(step, h0, xs)
-    ref = sequential(step, h0, xs, T)
+    ref = loop(step, h0, xs, length=T)
     for method in ("deer", "quasi-deer", "picard", "jacobi"):
         zs, st, hist = solve_nonlinear(step, h0, xs, method=method, structure=s, length=T, **TOL)
         real = true_residual(step, h0, zs, xs)
@@ -169,7 +140,7 @@ def test_logistic(r, contractive):
     h0 = jnp.asarray([0.3])
     T = 400
     s = structure_of(step, h0, None, length=T)
-    ref = sequential(step, h0, None, T)
+    ref = loop(step, h0, None, length=T)
     for method in ("deer", "quasi-deer", "jacobi"):
         zs, st, hist = solve_nonlinear(step, h0, None, method=method, structure=s, length=T, **TOL)
         real = true_residual(step, h0, zs, None)
@@ -200,7 +171,7 @@ def test_logistic_chaotic_short_is_honest():
         real = true_residual(step, h0, zs, None)
         assert real <= 1e-12 * 2
         # a pseudo-orbit: the first steps agree with the float loop
-        np.testing.assert_allclose(zs[:10], sequential(step, h0, None, T)[:10], atol=1e-8)
+        np.testing.assert_allclose(zs[:10], loop(step, h0, None, length=T)[:10], atol=1e-8)
 
 
 def test_nan_input_matches_loop():
@@ -209,7 +180,7 @@ def test_nan_input_matches_loop():
     step = lambda h, x: fn(h, x, p)  # noqa: E731
     T = xs.shape[0]
     s = structure_of(step, h0, xs)
-    ref = sequential(step, h0, xs, T)
+    ref = loop(step, h0, xs, length=T)
     for method in ("deer", "quasi-deer"):
         zs, st, hist = solve_nonlinear(step, h0, xs, method=method, structure=s, length=T, **TOL)
         assert bool(st.converged) and np.isfinite(float(st.residual))
@@ -227,7 +198,7 @@ def test_nan_jacobian_does_not_leak():
     for method in ("deer", "quasi-deer"):
         zs, st, hist = solve_nonlinear(step, h0, xs, method=method, structure=s, length=40, **TOL)
         assert bool(st.converged) and bool(jnp.all(jnp.isfinite(zs)))
-        np.testing.assert_allclose(zs, sequential(step, h0, xs, 40), atol=1e-12)
+        np.testing.assert_allclose(zs, loop(step, h0, xs, length=40), atol=1e-12)
 
 
 def test_overflowing_newton_iterate_is_reset():
@@ -240,7 +211,7 @@ def test_overflowing_newton_iterate_is_reset():
     zs, st, hist = solve_nonlinear(step, h0, xs, method="deer", structure=s, length=30, init=init,
                              **TOL)
     assert bool(st.converged)
-    np.testing.assert_allclose(zs, sequential(step, h0, xs, 30), atol=1e-12)
+    np.testing.assert_allclose(zs, loop(step, h0, xs, length=30), atol=1e-12)
 
 
 def test_user_jacobian_and_init():
@@ -248,7 +219,7 @@ def test_user_jacobian_and_init():
     step = lambda h, x: fn(h, x, p)  # noqa: E731
     T = xs.shape[0]
     s = structure_of(step, h0, xs)
-    ref = sequential(step, h0, xs, T)
+    ref = loop(step, h0, xs, length=T)
     jac = lambda z, x: 0.5 * jnp.ones_like(z)  # noqa: E731  (a crude diagonal guess)
     zs, st, hist = solve_nonlinear(step, h0, xs, method="quasi-deer", structure=s, length=T,
                              jacobian=jac, **TOL)
@@ -270,7 +241,7 @@ def _losses(name, method, T=16):
         return jnp.sum(jnp.sin(zs) * jnp.arange(1.0, T + 1.0)[:, None])
 
     def seq(h0, xs, p):
-        zs = sequential(lambda h, x: fn(h, x, p), h0, xs, T)
+        zs = loop(lambda h, x: fn(h, x, p), h0, xs, length=T)
         return jnp.sum(jnp.sin(zs) * jnp.arange(1.0, T + 1.0)[:, None])
 
     return par, seq, (h0, xs, p)
@@ -313,8 +284,8 @@ def test_vmap_and_jit_agree():
         return solve_nonlinear(lambda h, x: fn(h, x, {"W": W, "U": p["U"]}), h0, xs,
                                method="deer", structure=s, length=T, **TOL)
 
-    def loop(h0, xs, W):
-        return sequential(lambda h, x: fn(h, x, {"W": W, "U": p["U"]}), h0, xs, T)
+    def seq(h0, xs, W):
+        return loop(lambda h, x: fn(h, x, {"W": W, "U": p["U"]}), h0, xs, length=T)
 
     zb, stb, hist = jax.jit(jax.vmap(run))(H0, XS, Ws)
     z1, st1, _ = jax.jit(run)(H0[1], XS[1], Ws[1])
@@ -322,11 +293,11 @@ def test_vmap_and_jit_agree():
     assert int(st1.iterations) == int(stb.iterations[1])
     assert stb.iterations.shape == (2,) and hist.shape[0] == 2
     assert bool(jnp.all(stb.converged))
-    np.testing.assert_allclose(zb, jax.vmap(loop)(H0, XS, Ws), atol=1e-11)
+    np.testing.assert_allclose(zb, jax.vmap(seq)(H0, XS, Ws), atol=1e-11)
     # gradients under vmap (w.r.t. h0, xs and the closed-over W)
     loss = lambda fun: lambda h0, xs, W: jnp.sum(fun(h0, xs, W) ** 2)  # noqa: E731
     gp = jax.jit(jax.vmap(jax.grad(loss(lambda *a: run(*a)[0]), argnums=(0, 1, 2))))(H0, XS, Ws)
-    gs = jax.jit(jax.vmap(jax.grad(loss(loop), argnums=(0, 1, 2))))(H0, XS, Ws)
+    gs = jax.jit(jax.vmap(jax.grad(loss(seq), argnums=(0, 1, 2))))(H0, XS, Ws)
     for a, b in zip(gp, gs):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
@@ -341,7 +312,7 @@ def test_float32_and_complex():
                              rtol=1e-5, atol=1e-5)
     assert zs.dtype == jnp.float32 and bool(st.converged)
     assert st.residual.dtype == jnp.float32
-    np.testing.assert_allclose(zs, sequential(step, h32, x32, xs.shape[0]), atol=1e-5)
+    np.testing.assert_allclose(zs, loop(step, h32, x32, length=xs.shape[0]), atol=1e-5)
 
     a = jnp.asarray([0.5 + 0.3j, -0.4j])
     cstep = lambda h, x: a * h + 0.1 * jnp.sin(h) + x  # noqa: E731
@@ -351,7 +322,7 @@ def test_float32_and_complex():
     zs, st, hist = solve_nonlinear(cstep, ch0, cxs, method="deer", structure=s, length=30, **TOL)
     assert zs.dtype == jnp.complex128 and bool(st.converged)
     assert st.residual.dtype == jnp.float64 and st.lyapunov.dtype == jnp.float32  # as Info
-    np.testing.assert_allclose(zs, sequential(cstep, ch0, cxs, 30), atol=1e-12)
+    np.testing.assert_allclose(zs, loop(cstep, ch0, cxs, length=30), atol=1e-12)
 
 
 def test_dense_quasi_diagonal_in_chunks(monkeypatch):
@@ -365,7 +336,7 @@ def test_dense_quasi_diagonal_in_chunks(monkeypatch):
     zs2, st2, _ = solve_nonlinear(step, h0, xs, method="quasi-deer", structure=s, length=48, **TOL)
     assert int(st.iterations) == int(st2.iterations)
     np.testing.assert_allclose(zs, zs2, atol=1e-13)
-    np.testing.assert_allclose(zs, sequential(step, h0, xs, 48), atol=1e-11)
+    np.testing.assert_allclose(zs, loop(step, h0, xs, length=48), atol=1e-11)
 
 
 def test_empty_and_bad_arguments():
