@@ -29,7 +29,7 @@ from .._errors import ConvergenceError, PlanError
 from .._info import Info
 from .._ir import jaxpr_step
 from .._plan import Plan
-from . import _sharding
+from . import _mesh, _sharding
 from ._checks import with_fallback
 from ._result import Reason, StageStats, stack
 from ._sequential import sequential_scan
@@ -170,20 +170,14 @@ def program_key(plan: Plan, leaves, in_trace: bool) -> tuple:
             plan.layout, plan.mesh, in_trace)
 
 
-def _place(v, mesh, spec):
-    """``v`` laid out as ``spec`` over ``mesh`` (inside or outside ``jit``)."""
-    sharding = jax.sharding.NamedSharding(mesh, spec)
-    explicit = any(t == jax.sharding.AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
-    return jax.reshard(v, sharding) if explicit else jax.lax.with_sharding_constraint(v, sharding)
-
-
 def _sharded_program(plan: Plan, in_trace: bool, jacobian, details: bool, n_h: int, n_x: int,
                      n_p: int, n_c: int, has_init: bool):
     """``_run`` inside ``shard_map`` over the plan's mesh axis (``runtime/_sharding.py``):
     inputs padded to ``D L`` steps (at the end of the processing order) and sharded along
     time, parameters and closed-over arrays replicated, states returned sharded along
     time and unpadded."""
-    lay, mesh, ir = plan.layout, plan.mesh, plan.ir
+    lay, ir = plan.layout, plan.ir
+    mesh = _mesh.auto(plan.mesh)   # the boundary with Explicit axes: runtime/_mesh.py
     T, pad, reverse = ir.length, lay.padding, ir.reverse
     axis = _sharding.TimeAxis(name=lay.axis_name, size=lay.devices, length=T + pad, valid=T,
                               reversed=reverse)
@@ -206,12 +200,19 @@ def _sharded_program(plan: Plan, in_trace: bool, jacobian, details: bool, n_h: i
         return jnp.concatenate([v, jnp.repeat(v[-1:], pad, axis=0)], axis=0)
 
     def program(h, x, p, c, init):
-        x = [_place(padded(v), mesh, along_t) for v in x]
-        extra = () if init is None else ([_place(padded(v), mesh, along_t) for v in init],)
-        h, p, c = ([_place(v, mesh, rep) for v in group] for group in (h, p, c))
-        out, info = inner(h, x, p, c, *extra)
-        if pad:
-            out = [v[pad:] if reverse else v[:T] for v in out]
+        typed = _mesh.explicit_context()
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            x = [_mesh.place(padded(_mesh.untyped(v)), mesh, along_t) for v in x]
+            extra = () if init is None else (
+                [_mesh.place(padded(_mesh.untyped(v)), mesh, along_t) for v in init],)
+            h, p, c = ([_mesh.place(_mesh.untyped(v), mesh, rep) for v in group]
+                       for group in (h, p, c))
+            out, info = inner(h, x, p, c, *extra)
+            if pad:
+                out = [v[pad:] if reverse else v[:T] for v in out]
+        if typed:  # inside jax.set_mesh with Explicit axes: results typed on the user's mesh
+            out = _mesh.typed(out, plan.mesh, rep if pad else along_t)
+            info = _mesh.typed(info, plan.mesh, rep)
         return out, info
 
     return jax.jit(program)
