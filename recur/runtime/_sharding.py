@@ -145,6 +145,12 @@ def valid_steps(local_length: int) -> jax.Array | None:
     return step_index(local_length) < ax.valid
 
 
+def global_steps(local_length: int) -> jax.Array:
+    """Global indices (processing order) of the local steps, on one device too."""
+    index = step_index(local_length)
+    return jnp.arange(local_length, dtype=jnp.int32) if index is None else index
+
+
 def global_length(local_length: int) -> int:
     """The real number of steps ``T`` of the whole sequence."""
     ax = current()
@@ -162,6 +168,11 @@ def reduce_max(x: jax.Array) -> jax.Array:
 def reduce_sum(x: jax.Array) -> jax.Array:
     ax = current()
     return x if ax is None else lax.psum(lax.stop_gradient(x), ax.name)
+
+
+def reduce_min(x: jax.Array) -> jax.Array:
+    ax = current()
+    return x if ax is None else lax.pmin(lax.stop_gradient(x), ax.name)
 
 
 def reduce_any(flag: jax.Array) -> jax.Array:
@@ -207,5 +218,6 @@ def sequential(step: Callable[[Any, Any], Any], h0: Any, xs: Any, *, length: int
 
 
 __all__ = ["TimeAxis", "current", "along", "shift", "shift_back", "from_first_step",
-           "step_index", "valid_steps", "global_length", "reduce_max", "reduce_sum",
-           "reduce_any", "gather", "pick", "sequential", "position"]
+           "step_index", "global_steps", "valid_steps", "global_length", "reduce_max",
+           "reduce_sum", "reduce_min", "reduce_any", "gather", "pick", "sequential",
+           "position"]
