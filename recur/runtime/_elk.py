@@ -181,7 +181,7 @@ def iterate_elk(f, z0, xs, guess, *, lin: Linearisation, lyapunov: LyapunovEstim
                     lam=lam, V=V, hist=s["hist"].at[k].set(res), stop=collapsed | chaotic,
                     collapsed=collapsed, stalls=stalls)
 
-    s = lax.while_loop(cond, body, state0)
+    s = _sharding.while_loop(cond, body, state0)
     reason = jnp.where(s["ok"], Reason.CONVERGED,
                        jnp.where(s["collapsed"], Reason.TRUST_REGION,
                                  jnp.where(s["stop"], Reason.CHAOTIC,

@@ -168,7 +168,7 @@ def iterate(f: Flat, z0, xs, guess, *, lin: Linearisation, lyapunov: LyapunovEst
         return dict(k=k, z=z, fz=fz, e=e, res=res, err=err, size=size, ok=ok, lam=lam, V=V,
                     hist=s["hist"].at[k].set(res), stop=stop)
 
-    s = lax.while_loop(cond, body, state0)
+    s = _sharding.while_loop(cond, body, state0)
     reason = jnp.where(s["ok"], Reason.CONVERGED,
                        jnp.where(s["stop"], Reason.CHAOTIC,
                                  jnp.where(jnp.isfinite(s["res"]), Reason.MAX_ITERATIONS,

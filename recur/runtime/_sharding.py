@@ -31,6 +31,14 @@ operations without an axis and collectives with one:
   loop's answer with the wall time of one loop over ``T`` steps and no gathering of the
   inputs (``D`` times the work).
 
+Other mesh axes (``others``) carry a batch of sequences under ``jax.vmap(...,
+spmd_axis_name=...)``: different devices along them solve different sequences, so their
+loops would stop after different numbers of iterations.  A loop or conditional with
+collectives inside must take the same path on every device of the mesh (a
+``collective_permute`` is one rendezvous of all of them), so ``while_loop`` runs until
+every device's condition is false (a ``pmax`` over the other axes) and keeps a finished
+state unchanged, and ``uniform`` makes a conditional's predicate the same everywhere.
+
 Communication per Newton/quasi-Newton/Picard iteration is therefore a few states per
 device boundary plus one gather of the summaries and a scalar all-reduce, independent of
 ``T``.  Everything here is linear in the data it moves, so JAX transposes it (``ppermute``
@@ -59,6 +67,7 @@ class TimeAxis:
     length: int     # padded length D * L
     valid: int      # real steps (the rest is padding at the end of the processing order)
     reversed: bool = False
+    others: tuple[str, ...] = ()   # the other axes of the mesh (a vmap-ed batch's, if any)
 
     @property
     def local(self) -> int:
@@ -182,6 +191,30 @@ def reduce_any(flag: jax.Array) -> jax.Array:
     return lax.pmax(flag.astype(jnp.int32), ax.name) > 0
 
 
+def uniform(flag: jax.Array) -> jax.Array:
+    """``flag`` true on every device of the mesh where it is true on one device along the
+    other axes (a conditional with collectives inside takes one path everywhere)."""
+    ax = current()
+    if ax is None or not ax.others:
+        return flag
+    return lax.pmax(flag.astype(jnp.int32), ax.others) > 0
+
+
+def while_loop(cond: Callable[[Any], jax.Array], body: Callable[[Any], Any], state: Any) -> Any:
+    """``lax.while_loop`` with the same number of trips on every device of the mesh: it runs
+    while ``cond`` holds on some device along the other axes, and a state whose own ``cond``
+    is false stays as it is (see the module docstring)."""
+    ax = current()
+    if ax is None or not ax.others:
+        return lax.while_loop(cond, body, state)
+
+    def frozen(s):
+        go = cond(s)
+        return jax.tree_util.tree_map(lambda new, old: jnp.where(go, new, old), body(s), s)
+
+    return lax.while_loop(lambda s: uniform(cond(s)), frozen, state)
+
+
 def gather(x: jax.Array) -> jax.Array:
     """``x`` of every device, stacked in position order (leading axis ``D``)."""
     ax = current()
@@ -219,5 +252,5 @@ def sequential(step: Callable[[Any, Any], Any], h0: Any, xs: Any, *, length: int
 
 __all__ = ["TimeAxis", "current", "along", "shift", "shift_back", "from_first_step",
            "step_index", "global_steps", "valid_steps", "global_length", "reduce_max",
-           "reduce_sum", "reduce_min", "reduce_any", "gather", "pick", "sequential",
-           "position"]
+           "reduce_sum", "reduce_min", "reduce_any", "uniform", "while_loop", "gather",
+           "pick", "sequential", "position"]

@@ -132,7 +132,7 @@ def iterate_windowed(f, z0, xs, guess, *, lin: Linearisation, window: int,
                     res=res.astype(rdt), err=err.astype(rdt),
                     hist=s["hist"].at[s["k"]].set(wres))
 
-    s = lax.while_loop(cond, body, state0)
+    s = _sharding.while_loop(cond, body, state0)
     ok = s["s"] >= T
 
     def full_residual(z):
