@@ -112,6 +112,16 @@ def _watchdog(parent: int, deadline: float) -> None:
     os._exit(3)
 
 
+def _exit_at_once(kind, value, tb) -> None:
+    """An uncaught exception ends the process now: a normal exit would wait at
+    ``jax.distributed``'s shutdown barrier for peers that wait for this process."""
+    import traceback
+    traceback.print_exception(kind, value, tb)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(1)
+
+
 def initialize() -> tuple[int, int]:
     """In a child: join the job (gloo CPU collectives); ``(process id, processes)``."""
     import threading
@@ -119,6 +129,7 @@ def initialize() -> tuple[int, int]:
     import jax
     threading.Thread(target=_watchdog, args=(os.getppid(), float(os.environ[_DEADLINE])),
                      daemon=True).start()
+    sys.excepthook = _exit_at_once
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     pid, n = int(os.environ[_PROCESS_ID]), int(os.environ[_PROCESSES])
     jax.distributed.initialize(os.environ[_COORDINATOR], num_processes=n, process_id=pid,
