@@ -180,8 +180,7 @@ def _sharded_program(plan: Plan, in_trace: bool, jacobian, details: bool, n_h: i
     mesh = _mesh.auto(plan.mesh)   # the boundary with Explicit axes: runtime/_mesh.py
     T, pad, reverse = ir.length, lay.padding, ir.reverse
     axis = _sharding.TimeAxis(name=lay.axis_name, size=lay.devices, length=T + pad, valid=T,
-                              reversed=reverse,
-                              others=tuple(a for a in mesh.axis_names if a != lay.axis_name))
+                              reversed=reverse)
     along_t, rep = jax.sharding.PartitionSpec(lay.axis_name), jax.sharding.PartitionSpec()
 
     def body(h, x, p, c, *init):

@@ -67,7 +67,6 @@ class TimeAxis:
     length: int     # padded length D * L
     valid: int      # real steps (the rest is padding at the end of the processing order)
     reversed: bool = False
-    others: tuple[str, ...] = ()   # the other axes of the mesh (a vmap-ed batch's, if any)
 
     @property
     def local(self) -> int:
@@ -191,21 +190,32 @@ def reduce_any(flag: jax.Array) -> jax.Array:
     return lax.pmax(flag.astype(jnp.int32), ax.name) > 0
 
 
+def _others(ax: TimeAxis | None) -> tuple[str, ...]:
+    """The other manual axes of the program being traced (those of a vmap-ed batch split
+    with ``spmd_axis_name``; a batch over an ``Explicit`` axis stays in XLA's hands, which
+    reduces a loop's batched condition over all of it)."""
+    if ax is None:
+        return ()
+    mesh = jax.sharding.get_abstract_mesh()
+    return tuple(name for name, kind in zip(getattr(mesh, "axis_names", ()),
+                                            getattr(mesh, "axis_types", ()))
+                 if kind == jax.sharding.AxisType.Manual and name != ax.name)
+
+
 def uniform(flag: jax.Array) -> jax.Array:
     """``flag`` true on every device of the mesh where it is true on one device along the
     other axes (a conditional with collectives inside takes one path everywhere)."""
-    ax = current()
-    if ax is None or not ax.others:
+    others = _others(current())
+    if not others:
         return flag
-    return lax.pmax(flag.astype(jnp.int32), ax.others) > 0
+    return lax.pmax(flag.astype(jnp.int32), others) > 0
 
 
 def while_loop(cond: Callable[[Any], jax.Array], body: Callable[[Any], Any], state: Any) -> Any:
     """``lax.while_loop`` with the same number of trips on every device of the mesh: it runs
     while ``cond`` holds on some device along the other axes, and a state whose own ``cond``
     is false stays as it is (see the module docstring)."""
-    ax = current()
-    if ax is None or not ax.others:
+    if not _others(current()):
         return lax.while_loop(cond, body, state)
 
     def frozen(s):
