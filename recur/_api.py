@@ -83,17 +83,22 @@ def _one_device_for_autotune(mesh, axis_name) -> None:
                         "for a plan across devices.")
 
 
-def _layout_request(xs: Any, mesh: Any, axis_name: str | None):
-    """``(mesh, axis_name)`` the plan is split over, or ``None`` for one device."""
+def _layout_request(xs: Any, mesh: Any, axis_name: str | None, traced: Any = ()):
+    """``(mesh, axis_name, batch axes, batched)`` the plan is split over, or ``None`` for
+    one device; the batch axes are the mesh axes of an enclosing ``jax.vmap``'s
+    ``spmd_axis_name`` (read off the ``traced`` arguments)."""
     if mesh is None and axis_name is None:
         found = [a for a in map(_time_axis_of, jax.tree_util.tree_leaves(xs)) if a]
-        return found[0] if found else None
+        if not found:
+            return None
+        mesh, axis_name = found[0]
     if mesh is None:
         mesh = jax.sharding.get_abstract_mesh()
         if mesh is None or getattr(mesh, "empty", True):
             raise PlanError(f"axis_name={axis_name!r} needs a mesh: pass mesh= or set one with "
                             "jax.set_mesh(mesh).")
-    return mesh, axis_name
+    batched, batch_axes = jx.vmap_axes(jax.tree_util.tree_leaves(traced))
+    return mesh, axis_name, batch_axes, batched
 
 
 def _const_digest(consts) -> tuple:
@@ -161,7 +166,7 @@ def _lower(ir, method, backend, options, values, lyapunov_note, args, layout,
            tuple(map(_avals, args)),
            _frozen(method), decisions(opts), opts.get("jacobian") is not None, backend,
            values is not None, lyapunov_note,
-           None if layout is None else (id(layout[0]), layout[1]),
+           None if layout is None else (id(layout[0]),) + tuple(layout[1:]),
            None if outputs is None else (outputs.key, _const_digest(outputs.jaxpr.consts)))
     plan = _plans.get(key)
     if plan is not None and plan.ir is not None:
@@ -213,7 +218,7 @@ def plan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
         the_plan = make_plan(ir, method=chosen, backend=backend, options=options,
                              values=values)
         return dataclasses.replace(the_plan, notes=the_plan.notes + (note,))
-    layout = _layout_request(xs, mesh, axis_name)
+    layout = _layout_request(xs, mesh, axis_name, (h0, xs, params))
     return _lower(ir, method, backend, options, values, True, (h0, xs, params), layout,
                   _outputs)
 
@@ -240,7 +245,7 @@ def scan(fn: Callable, h0: Any, xs: Any = None, params: Any = None, *,
         method, note = choose(ir, h0, xs, params, options)
     values = values_of(ir, h0, xs, params)
     the_plan = _lower(ir, method, None, options, values, False, (h0, xs, params),
-                      _layout_request(xs, mesh, axis_name))
+                      _layout_request(xs, mesh, axis_name, (h0, xs, params)))
     if note:
         the_plan = dataclasses.replace(the_plan, notes=the_plan.notes + (note,))
     hs, info = execute(the_plan, h0, xs, params, init=options.get("init"),

@@ -53,6 +53,25 @@ def under_differentiation(values) -> bool:
     return False
 
 
+def vmap_axes(values) -> tuple[bool, tuple[str, ...]]:
+    """``(under vmap, mesh axes of its spmd_axis_name)`` for the values being traced:
+    whether some value is batched by ``jax.vmap``, and the mesh axes the batch is split
+    over (``jax.vmap(..., spmd_axis_name=...)``, from every enclosing ``vmap``)."""
+    batched, axes = False, []
+    for v in values:
+        seen = 0
+        while isinstance(v, Tracer) and seen < 16:
+            if type(v).__name__ == "BatchTracer":
+                batched = True
+                data = getattr(getattr(v, "_trace", None), "axis_data", None)
+                spmd = getattr(data, "spmd_name", None)
+                names = () if spmd is None else (spmd if isinstance(spmd, tuple) else (spmd,))
+                axes.extend(a for a in names if a not in axes)
+            v = getattr(v, "primal", getattr(v, "val", None))
+            seen += 1
+    return batched, tuple(axes)
+
+
 class _QuietCallbackExceptions(logging.Filter):
     """Drop JAX's log record (with traceback) for exceptions raised on purpose in callbacks."""
 

@@ -102,13 +102,12 @@ register(Method(
     "elk", "iterative", linearisation="jacobian", damped=True,
     a_tilde="the true Jacobian, damped",
     why="damped Newton (Levenberg-Marquardt via a parallel Kalman smoother) with the true "
-        "Jacobians", default_max_iters=100, expected_iterations=5, sharded=False,
-    needs_jvp=True))
+        "Jacobians", default_max_iters=100, expected_iterations=5, needs_jvp=True))
 register(Method(
     "quasi-elk", "iterative", linearisation="diagonal", damped=True,
     a_tilde="diag of the Jacobian, damped",
     why="damped quasi-Newton (Kalman smoother) with the diagonal of the Jacobian",
-    default_max_iters=200, expected_iterations=14, sharded=False, needs_jvp=True))
+    default_max_iters=200, expected_iterations=14, needs_jvp=True))
 
 register(Method(
     "chunked", "chunked",

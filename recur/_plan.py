@@ -57,7 +57,10 @@ class Layout:
     ``axis_name`` is the mesh axis, ``devices`` the number of devices along it, each
     holding ``local_length`` consecutive steps; ``padding`` steps are appended to the
     processing order (and never count in a residual); ``communication`` lists, per
-    stage, what one iteration exchanges between devices.
+    stage, what one iteration exchanges between devices along time.  The other axes of
+    the mesh: ``batch_axes`` carry a batch of sequences (``jax.vmap(...,
+    spmd_axis_name=...)``), ``batched`` says whether the plan was made under ``vmap``;
+    ``axes()`` describes every axis and its traffic.
     """
 
     axis_name: str
@@ -66,12 +69,38 @@ class Layout:
     padding: int
     mesh_shape: tuple[tuple[str, int], ...] = ()
     communication: tuple[tuple[str, str], ...] = ()  # (stage states, text)
+    batch_axes: tuple[str, ...] = ()
+    batched: bool = False
+
+    def axes(self) -> tuple[tuple[str, int, str], ...]:
+        """``(axis, devices, what it carries and sends per iteration)`` per mesh axis."""
+        out = []
+        for name, size in self.mesh_shape:
+            if name == self.axis_name:
+                text = (f"time: {self.local_length} steps per device" +
+                        (f", {self.padding} padded steps at the end (never counted in a "
+                         "residual)" if self.padding else "") +
+                        "; traffic per stage below")
+            elif name in self.batch_axes:
+                text = ("the batch of sequences (vmap spmd_axis_name): independent "
+                        "sequences, no traffic per iteration")
+            elif self.batched:
+                text = ("not used: every device along it repeats the whole batch; pass "
+                        f"spmd_axis_name={name!r} to jax.vmap to split the batch over it")
+            else:
+                text = ("not used by one sequence: a batch under jax.vmap(..., "
+                        f"spmd_axis_name={name!r}) is split over it with no traffic per "
+                        "iteration")
+            out.append((name, size, text))
+        return tuple(out)
 
     def to_dict(self) -> dict[str, Any]:
         return {"axis_name": self.axis_name, "devices": self.devices,
                 "local_length": self.local_length, "padding": self.padding,
                 "mesh_shape": dict(self.mesh_shape),
-                "communication": dict(self.communication)}
+                "communication": dict(self.communication),
+                "batch_axes": list(self.batch_axes),
+                "axes": {name: text for name, _, text in self.axes()}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +204,9 @@ class Plan:
                                       "in a residual)" if lay.padding else ""))
             for states, text in lay.communication:
                 lines.append(f"  {states}: {text}")
+            if len(lay.mesh_shape) > 1:
+                for name, size, text in lay.axes():
+                    lines.append(f"  axis {name!r} ({size} devices): {text}")
         for note in self.notes:
             lines.append(f"note: {note}")
         return "\n".join(lines)

@@ -70,7 +70,7 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None,
     options = _api._for_grad(options, (init, xs))
     values = _api.values_of(ir, init, xs, None)
     the_plan = _api._lower(ir, method, None, options, values, False, (init, xs, None),
-                           _api._layout_request(xs, mesh, axis_name), outputs)
+                           _api._layout_request(xs, mesh, axis_name, (init, xs)), outputs)
     the_plan = dataclasses.replace(the_plan, outputs=outputs.leaves)
     out, info = execute(the_plan, init, xs, None, init=options.get("init"),
                         jacobian=options.get("jacobian"), details=return_info,

@@ -154,6 +154,94 @@ def test_chaotic_map_falls_back_across_devices():
     assert bool(info.fell_back) and not bool(info.converged)
 
 
+@pytest.mark.parametrize("method, reverse", [("elk", False), ("quasi-elk", True)])
+def test_elk_across_devices_equals_one_device(method, reverse):
+    h0, xs, p = gru_problem(T=42)   # two padded steps
+    one, info1 = recur.scan(gru, h0, xs, p, method=method, reverse=reverse, return_info=True)
+    many, info4 = recur.scan(gru, h0, xs, p, method=method, reverse=reverse, mesh=MESH,
+                             return_info=True)
+    close(many, one, rtol=1e-10, atol=1e-11)
+    close(many, loop(gru, h0, xs, p, reverse=reverse), rtol=1e-10, atol=1e-11)
+    assert bool(info4.converged) and int(info4.iterations) == int(info1.iterations)
+    text = recur.plan(gru, h0, xs, p, method=method, mesh=MESH).explain()
+    assert "Kalman filter's local totals" in text
+
+
+@pytest.mark.parametrize("window, reverse", [(4, False), (16, True)])
+def test_windows_across_device_boundaries_equal_one_device(window, reverse):
+    h0, xs, p = gru_problem(T=42)   # 11 steps per device: windows of 4 and 16 cross them
+    kw = dict(method="deer", window=window, reverse=reverse, return_info=True)
+    one, info1 = recur.scan(gru, h0, xs, p, **kw)
+    many, info4 = recur.scan(gru, h0, xs, p, mesh=MESH, **kw)
+    close(many, one, rtol=1e-12, atol=1e-13)   # the same sweeps
+    assert int(info4.iterations) == int(info1.iterations) and bool(info4.converged)
+
+
+def test_explicit_axis_mesh_padding_gradients_without_and_with_a_mesh_context():
+    mesh = jax.make_mesh((4,), ("t",), axis_types=(jax.sharding.AxisType.Explicit,))
+    h0, xs, p = gru_problem(T=10, D=3)   # padded
+
+    def run(xs):
+        return recur.scan(gru, h0, xs, p, method="deer", mesh=mesh, axis_name="t")
+
+    def loss(run):
+        return lambda xs: (jnp.sum(jnp.sin(run(xs))), run(xs))
+
+    def derivatives(run):   # forward, gradient and a jvp
+        return lambda xs: (jax.value_and_grad(loss(run), has_aux=True)(xs),
+                           jax.jvp(run, (xs,), (jnp.cos(xs),))[1])
+    got = jax.jit(derivatives(run))(xs)   # outside a mesh context: the README's recipe
+    close(got, derivatives(lambda xs: loop(gru, h0, xs, p))(xs), rtol=1e-8, atol=1e-10)
+    xs12 = jnp.concatenate([xs, xs[:2]])
+    want = jax.grad(lambda xs: loss(lambda xs: loop(gru, h0, xs, p))(xs)[0])(xs12)
+    with jax.set_mesh(mesh):   # inside one: typed results, split along time
+        grad = jax.jit(jax.grad(lambda xs: loss(run)(xs)[0]))(
+            jax.device_put(xs12, NamedSharding(mesh, PartitionSpec("t"))))
+        assert jax.typeof(grad).sharding.spec[0] == "t"
+    close(grad, want, rtol=1e-8, atol=1e-10)
+
+
+def logistic(h, r):
+    return r * h * (1 - h)
+
+
+def test_two_dimensional_mesh_batch_over_data_and_time_over_t():
+    mesh = jax.make_mesh((2, 2), ("data", "t"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    h0, xs, p = gru_problem(T=10, D=3)
+    batch = jnp.stack([xs, 4 * xs])   # the rows need different numbers of iterations
+    rs = jnp.stack([jnp.full((12, 1), 2.5), jnp.full((12, 1), 3.9)])   # contractive, chaotic
+    plans = []
+
+    def run(xs, method):
+        plans.append(recur.plan(gru, h0, xs, p, method=method, mesh=mesh, axis_name="t"))
+        return recur.scan(gru, h0, xs, p, method=method, mesh=mesh, axis_name="t",
+                          return_info=True)
+
+    def split(fn):
+        return jax.vmap(fn, spmd_axis_name="data")
+
+    @jax.jit
+    def everything(batch, rs):
+        return (split(lambda xs: run(xs, "quasi-deer"))(batch),
+                jax.grad(lambda b: jnp.sum(split(lambda xs: run(xs, "deer")[0])(b)))(batch),
+                split(lambda r: recur.scan(logistic, jnp.asarray([0.3]), r, method="deer",
+                                           mesh=mesh, axis_name="t", return_info=True))(rs))
+    (hs, info), grad, (chaos, chaos_info) = everything(
+        jax.device_put(batch, NamedSharding(mesh, PartitionSpec("data", "t"))), rs)
+    ref = jax.vmap(lambda xs: loop(gru, h0, xs, p))
+    close(hs, ref(batch), rtol=1e-10, atol=1e-11)
+    assert hs.sharding.spec[:2] == ("data", "t")
+    assert bool(np.all(info.converged)) and len(set(np.asarray(info.iterations))) == 2
+    close(grad, jax.grad(lambda b: jnp.sum(ref(b)))(batch), rtol=1e-8, atol=1e-10)
+    # one row falls back to the loop, the other converges: the same number of loop trips
+    # on every device (a collective_permute is a rendezvous of all of them)
+    np.testing.assert_array_equal(np.asarray(chaos_info.fell_back), [False, True])
+    close(chaos, jax.vmap(lambda r: loop(logistic, jnp.asarray([0.3]), r))(rs), rtol=1e-12)
+    text = plans[0].explain()
+    assert "axis 'data' (2 devices): the batch of sequences" in text and "axis 't'" in text
+    assert plans[0].layout.batch_axes == ("data",)
+
+
 # ----------------------------------------------------------------------------- stages
 
 def test_staged_kalman_across_devices():
@@ -199,10 +287,6 @@ def test_clear_errors_across_devices():
         recur.scan(gru, h0, xs, p, method="deer", mesh=MESH, axis_name="time")
     with pytest.raises(recur.PlanError, match="cannot be split over 4 devices"):
         recur.scan(gru, h0, xs[:3], p, method="deer", mesh=MESH)
-    with pytest.raises(recur.PlanError, match="sequence-parallel form"):
-        recur.scan(gru, h0, xs, p, method="elk", mesh=MESH)
-    with pytest.raises(recur.PlanError, match="window"):
-        recur.scan(gru, h0, xs, p, method="deer", window=4, mesh=MESH)
     with pytest.raises(recur.PlanError, match="needs a mesh"):
         recur.scan(gru, h0, xs, p, method="deer", axis_name="t")
 

@@ -27,6 +27,18 @@ def test_adapter_names_exist_and_work():
     assert abs(float(out[0]) - float(jnp.log(2.0))) < 1e-6
 
 
+def test_vmap_axes_reads_spmd_axis_name():
+    seen = []
+
+    def probe(x):
+        seen.append(jx.vmap_axes([x]))
+        return x
+    jax.vmap(probe)(jnp.ones((2, 3)))
+    jax.vmap(jax.vmap(probe, spmd_axis_name="b"), spmd_axis_name="a")(jnp.ones((2, 2, 3)))
+    probe(jnp.ones(3))
+    assert seen == [(True, ()), (True, ("b", "a")), (False, ())]
+
+
 def test_only_the_adapter_imports_jax_internals():
     root = pathlib.Path(__file__).resolve().parents[1] / "recur"
     offenders = [p for p in root.rglob("*.py") if p.name != "_jax_adapter.py"

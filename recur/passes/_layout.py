@@ -13,8 +13,18 @@ devices, ``s`` bytes per element):
   summaries (``D (|P| + n) s``, ``|P|`` = ``n`` diagonal, ``m k^2`` blocks, 0 for
   ``jacobi``), the stopping test is two scalar all-reduces; the Lyapunov estimate adds one
   shifted vector per sweep (8 at the first iteration, 2 later);
+* ``elk``, ``quasi-elk``: the shifted iterate, the parallel Kalman filter's ``D`` local
+  totals (one ``all_gather`` of ``D (3 |F| + 2 n) s``, ``|F|`` = ``n`` diagonal, ``m k^2``
+  blocks), the next step's ``F`` and ``c`` (``ppermute``), the smoother's scan summaries
+  (``D (|F| + n) s``), scalar all-reduces for the merit and the stopping test;
+* ``window=W``: per sweep the two scans over the window (two gathers of summaries), one
+  boundary state, a ``pmin`` for the first failing step and scalar all-reduces;
 * ``scan``: one gather of summaries, plus one shift and the all-reduces of the check;
 * ``sequential``: ``D - 1`` rounds, each passing one state (``n s``) to the next device.
+
+Other mesh axes carry a batch of sequences when the plan runs under ``jax.vmap(...,
+spmd_axis_name=axis)``: no traffic per iteration along them (the sequences are
+independent; every group of devices along time stops on its own).
 """
 
 from __future__ import annotations
@@ -49,7 +59,7 @@ def _summary_elements(structure, method: str, n: int) -> int:
     return n if lin == "diagonal" else coefficient_elements(structure, n)
 
 
-def _communication(stage, data, devices: int, itemsize: int) -> str:
+def _communication(stage, data, devices: int, itemsize: int, window) -> str:
     n = len(data.elements)
     method = stage.method
     state = n * itemsize
@@ -60,13 +70,28 @@ def _communication(stage, data, devices: int, itemsize: int) -> str:
     if method in ("scan", "semiring"):
         return (f"one all_gather of chunk summaries ({_bytes(summary)}), one boundary state "
                 f"({_bytes(state)}, ppermute) and 2 scalar all-reduces for the check")
+    if window is not None:
+        return (f"per sweep of the window (W={window}, which may span devices): boundary state "
+                f"{_bytes(state)} (ppermute), 2 all_gathers of scan summaries "
+                f"{_bytes(summary)} each, a pmin and 3 scalar all-reduces")
+    if _methods.get(method).damped:
+        f_elements = max(_summary_elements(data.structure, method, n), n)
+        kalman = devices * (3 * f_elements + 2 * n) * itemsize
+        smoother = devices * (f_elements + n) * itemsize
+        return (f"per iteration: boundary state {_bytes(state)} (ppermute), all_gather of the "
+                f"Kalman filter's local totals {_bytes(kalman)}, next step's F and c "
+                f"{_bytes((f_elements + n) * itemsize)} (ppermute), all_gather of the "
+                f"smoother's scan summaries {_bytes(smoother)}, 4 scalar all-reduces; + the "
+                f"error estimate's scan ({_bytes(summary)}) once the step test passes")
     return (f"per iteration: boundary state {_bytes(state)} (ppermute), all_gather of chunk "
             f"summaries {_bytes(summary)}, 2 scalar all-reduces; + {_bytes(state)} per "
             f"Lyapunov sweep (8 at the first iteration, 2 later)")
 
 
-def attach_layout(plan: Plan, mesh: Any, axis_name: str) -> Plan:
-    """``plan`` split over ``mesh.shape[axis_name]`` devices along time."""
+def attach_layout(plan: Plan, mesh: Any, axis_name: str, batch_axes: tuple[str, ...] = (),
+                  batched: bool = False) -> Plan:
+    """``plan`` split over ``mesh.shape[axis_name]`` devices along time; ``batch_axes``:
+    the mesh axes a ``vmap``-ed batch is split over (``batched``: under ``vmap``)."""
     names = tuple(getattr(mesh, "axis_names", ()))
     if not names or not hasattr(mesh, "shape"):
         raise PlanError(f"mesh= must be a jax.sharding.Mesh, got {type(mesh).__name__}")
@@ -91,18 +116,17 @@ def attach_layout(plan: Plan, mesh: Any, axis_name: str) -> Plan:
             raise PlanError(f"method {st.method!r} (stage {', '.join(st.states)}) has no "
                             f"sequence-parallel form yet; across devices use one of "
                             f"{SHARDED_METHODS}.")
-    if dict(plan.options).get("window") is not None and any(
-            st.method not in ("sequential", "scan") for st in plan.stages):
-        raise PlanError("window= is not available across devices yet: every device already "
-                        "holds only T/D steps; drop window= or run on one device.")
+    window = dict(plan.options).get("window")
+    window = None if window is None or int(window) >= T else int(window)
     local = -(-T // devices)
     itemsize = int(jnp.dtype(plan.dtype).itemsize)
-    comm = tuple((", ".join(st.states), _communication(st, data, devices, itemsize))
+    comm = tuple((", ".join(st.states), _communication(st, data, devices, itemsize, window))
                  for st, data in zip(plan.stages, plan.stage_data))
+    batch_axes = tuple(str(a) for a in batch_axes if a in names and a != axis_name)
     layout = Layout(axis_name=str(axis_name), devices=devices, local_length=local,
                     padding=local * devices - T,
                     mesh_shape=tuple((str(k), int(v)) for k, v in dict(mesh.shape).items()),
-                    communication=comm)
+                    communication=comm, batch_axes=batch_axes, batched=bool(batched))
     return dataclasses.replace(plan, layout=layout, mesh=mesh, ir=plan.ir,
                                stage_data=plan.stage_data)
 

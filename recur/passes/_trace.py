@@ -136,6 +136,9 @@ def _check_arity(fn, has_params: bool) -> None:
             f"{getattr(fn, '__name__', 'fn')}{sig} does not accept that: {exc}.") from None
 
 
+_NO_MESH = jax.sharding.AbstractMesh((), ())
+
+
 def trace_step(fn: Callable, h0: Any, xs: Any, params: Any = None, *,
                length: int | None = None, reverse: bool = False) -> StepIR:
     """Trace one step of ``fn`` on abstract values and check what it returns."""
@@ -173,7 +176,11 @@ def trace_step(fn: Callable, h0: Any, xs: Any, params: Any = None, *,
     avals = [s.aval for s in h_specs + x_specs + p_specs]
     form = "fn(h, x, params)" if has_params else "fn(h, x)"
     try:
-        closed = jax.make_jaxpr(flat_fn)(*avals)
+        # Traced outside any mesh context: every equation records the context mesh and
+        # re-enters it when replayed, and the step is replayed everywhere (inside the
+        # shard_map of a plan across devices, whose context is its own).
+        with jax.sharding.use_abstract_mesh(_NO_MESH):
+            closed = jax.make_jaxpr(flat_fn)(*avals)
     except (jax.errors.TracerBoolConversionError, jax.errors.ConcretizationTypeError,
             jax.errors.TracerIntegerConversionError,
             jax.errors.TracerArrayConversionError) as exc:

@@ -181,7 +181,7 @@ def _any_over_batch_vmap(axis_size, in_batched, flag):
 
 def with_fallback(zs, ok, sequential: Callable[[], jax.Array]):
     """``zs`` where ``ok``; the sequential result for the examples where it is not."""
-    some_failed = any_over_batch(jax.lax.stop_gradient(~ok))
+    some_failed = _sharding.uniform(any_over_batch(jax.lax.stop_gradient(~ok)))
 
     def repair(zs):
         return jax.tree.map(lambda a, b: jnp.where(ok, a, b), zs, sequential())

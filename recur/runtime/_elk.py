@@ -81,27 +81,33 @@ def _step(form, a, fz, P, z, lam):
     """The trust-region subproblem at ``z̃ = z`` with the linearisation ``(fz, a)`` at
     ``P = shift(z)``: the smoothed mean of the linear-Gaussian model."""
     T, n = z.shape
-    b = fz - form.apply(a, P)
-    b = b.at[0].set(fz[0])  # z_{-1} = z0 is known: z_0's prior mean is f(z0, x_0)
+    # z_{-1} = z0 is known: the first global step's prior mean is f(z0, x_0), F_0 = 0
+    first = (_sharding.global_steps(T) == 0)[:, None]
+    b = jnp.where(first, fz, fz - form.apply(a, P))
     if isinstance(form, (ZeroForm, DiagForm)):
         a = jnp.zeros((T, n), z.dtype) if isinstance(form, ZeroForm) else a
-        F = jnp.broadcast_to(a, (T, n))[..., None, None]
-        F = F.at[0].set(0)
+        F = jnp.where(first, 0, jnp.broadcast_to(a, (T, n)))[..., None, None]
         return smooth(F, b[..., None], z[..., None], lam)[..., 0]
-    F = a.at[0].set(0)
+    F = jnp.where(first[..., None, None], 0, a)
     blocks = form.blocks
     zs = smooth(F, permute_in(b, blocks), permute_in(z, blocks), lam)
     return permute_out(zs, blocks, n)
 
 
 def _merit(z, fz):
-    """``Σ |z_t - f(z_{t-1})|²`` (``inf`` when a difference is non-finite and not an
-    agreement of equal non-finite values)."""
+    """``Σ |z_t - f(z_{t-1})|²`` over the real steps of all devices (``inf`` when a
+    difference is non-finite and not an agreement of equal non-finite values)."""
     rdt = jnp.finfo(z.dtype).dtype
     d = z - fz
     fin = jnp.isfinite(d)
-    val = jnp.sum(jnp.where(fin, jnp.abs(d).astype(rdt) ** 2, 0))
-    return jnp.where(jnp.any(~fin & ~_checks.same_nonfinite(z, fz)), jnp.inf, val).astype(rdt)
+    sq = jnp.where(fin, jnp.abs(d).astype(rdt) ** 2, 0)
+    bad = ~fin & ~_checks.same_nonfinite(z, fz)
+    valid = _sharding.valid_steps(z.shape[0])
+    if valid is not None:  # padded steps (across devices) never count
+        sq = jnp.where(valid[:, None], sq, 0)
+        bad = bad & valid[:, None]
+    val = _sharding.reduce_sum(jnp.sum(sq))
+    return jnp.where(_sharding.reduce_any(jnp.any(bad)), jnp.inf, val).astype(rdt)
 
 
 def iterate_elk(f, z0, xs, guess, *, lin: Linearisation, lyapunov: LyapunovEstimate,
@@ -175,7 +181,7 @@ def iterate_elk(f, z0, xs, guess, *, lin: Linearisation, lyapunov: LyapunovEstim
                     lam=lam, V=V, hist=s["hist"].at[k].set(res), stop=collapsed | chaotic,
                     collapsed=collapsed, stalls=stalls)
 
-    s = lax.while_loop(cond, body, state0)
+    s = _sharding.while_loop(cond, body, state0)
     reason = jnp.where(s["ok"], Reason.CONVERGED,
                        jnp.where(s["collapsed"], Reason.TRUST_REGION,
                                  jnp.where(s["stop"], Reason.CHAOTIC,

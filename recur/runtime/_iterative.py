@@ -168,7 +168,7 @@ def iterate(f: Flat, z0, xs, guess, *, lin: Linearisation, lyapunov: LyapunovEst
         return dict(k=k, z=z, fz=fz, e=e, res=res, err=err, size=size, ok=ok, lam=lam, V=V,
                     hist=s["hist"].at[k].set(res), stop=stop)
 
-    s = lax.while_loop(cond, body, state0)
+    s = _sharding.while_loop(cond, body, state0)
     reason = jnp.where(s["ok"], Reason.CONVERGED,
                        jnp.where(s["stop"], Reason.CHAOTIC,
                                  jnp.where(jnp.isfinite(s["res"]), Reason.MAX_ITERATIONS,
@@ -269,21 +269,20 @@ def solve_nonlinear(f: Flat, z0, xs, *, method: str, structure: Structure, lengt
     n, dtype = z0.shape[0], z0.dtype
     T = int(length)
     T_all = _sharding.global_length(T)
-    if _sharding.current() is not None and (window is not None or not m.sharded):
-        raise PlanError(f"{'window=' if window is not None else 'method ' + repr(method)} is not "
-                        "available across devices yet; use deer, quasi-deer, picard or jacobi "
-                        "without a window.")
+    if _sharding.current() is not None and not m.sharded:
+        raise PlanError(f"method {method!r} is not available across devices; use one of "
+                        f"{', '.join(_methods.sharded())}.")
     if window is not None:
         if int(window) < 1:
             raise PlanError(f"window must be >= 1, got {window!r}")
         if not m.windows:
             raise PlanError(f"window= works with {', '.join(_methods.with_windows())}, not "
                             f"{method!r}.")
-        window = None if int(window) >= T else int(window)
+        window = None if int(window) >= T_all else int(window)
     if max_iters is None:
         from ._windows import default_sweeps
         max_iters = default_max_iters(method, T_all) if window is None \
-            else default_sweeps(T, window)
+            else default_sweeps(T_all, window)
     max_iters = int(max_iters)
     if max_iters < 0:
         raise PlanError(f"max_iters must be >= 0, got {max_iters}")

@@ -15,6 +15,17 @@ smoother ``s_t = E_t s_{t+1} + g_t`` as a reverse ``block_scan``.  The small ``k
 systems are inverted by a jnp Gauss--Jordan elimination (``_binv``), never by LAPACK:
 jaxlib 0.10's batch-parallel LAPACK kernels deadlock XLA:CPU's thread pool when two run
 at once (``benchmarks/repro_elk_hang.py``).
+
+Across devices (``_sharding.py``: device ``p`` holds the ``L`` steps ``pL .. pL+L-1``) the
+filter is composed like the scan's summaries: every device scans its own elements
+(``log2 L`` rounds), the ``D`` local totals ``Π_p`` (its last prefix element) are
+exchanged with one ``all_gather`` (``D`` elements of ``3 m k^2 + 2 m k`` numbers), every
+device combines the totals of the devices before it (the exclusive prefix ``E_p``, by the
+same doubling over ``D``) and finishes with one combine ``E_p • x_t`` of its local prefix.
+The smoother needs the next step's ``F_{t+1}`` (one ``ppermute`` of a boundary element)
+and is a reverse ``block_scan``, sharded by ``_scan.py``.  Padded steps (after the last
+real one, ``_sharding.py``) are decoupled from it (``E_{T-1} = 0``), so the real steps
+are smoothed exactly as on one device.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import _scan
+from . import _scan, _sharding
 
 
 def _ct(M):
@@ -140,16 +151,35 @@ def smooth(F, c, y, lam):
     zero_v = jnp.zeros((m, k), dt)
     zero_m = jnp.zeros((m, k, k), dt)
     identity = (jnp.broadcast_to(I, (m, k, k)), zero_v, zero_m, zero_v, zero_m)
-    _, mf, P, _, _ = _doubling_scan(combine, (A, b, C, eta, J), identity)
-    if T == 1:
-        return mf
-    Fn, Pp = F[1:], P[:-1]
-    G = Fn @ Pp @ _ct(Fn) + I
-    Ek = Pp @ _ct(Fn) @ _binv(G)  # P F^H G^{-1}
-    g = mf[:-1] - _mv(Ek, _mv(Fn, mf[:-1]) + c[1:])
-    Ek = jnp.concatenate([Ek, jnp.zeros((1, m, k, k), dt)], 0)
-    g = jnp.concatenate([g, mf[-1:]], 0)
+    _, mf, P, _, _ = _prefix(combine, (A, b, C, eta, J), identity)
+    # s_t = E_t s_{t+1} + g_t with E_t = P_t F_{t+1}^H (F_{t+1} P_t F_{t+1}^H + I)^{-1},
+    # g_t = m_t - E_t (F_{t+1} m_t + c_{t+1}); F_T = 0 at the end (E = 0, s = m there)
+    Fn = _sharding.shift_back(F, zero_m)
+    cn = _sharding.shift_back(c, zero_v)
+    ax = _sharding.current()
+    if ax is not None and ax.valid < ax.length:  # the last real step ends the chain
+        couple = _sharding.global_steps(T) + 1 < ax.valid
+        Fn = jnp.where(couple[:, None, None, None], Fn, 0)
+    G = Fn @ P @ _ct(Fn) + I
+    Ek = P @ _ct(Fn) @ _binv(G)
+    g = mf - _mv(Ek, _mv(Fn, mf) + cn)
     return _scan.block_scan(Ek, g, jnp.zeros((m, k), dt), reverse=True)
+
+
+def _prefix(combine, elems, identity):
+    """The inclusive prefix of the elements over the whole (possibly split) time axis."""
+    local = _doubling_scan(combine, elems, identity)
+    ax = _sharding.current()
+    if ax is None or ax.size == 1:
+        return local
+    totals = jax.tree.map(lambda v: _sharding.gather(v[-1]), local)     # (D, ...)
+    upto = _doubling_scan(combine, totals, identity)
+    p = _sharding.position(ax)
+    before = jax.tree.map(
+        lambda v, e: jnp.where(p == 0, e, _sharding.pick(v, jnp.maximum(p - 1, 0))),
+        upto, identity)
+    L = jax.tree.leaves(elems)[0].shape[0]
+    return combine(jax.tree.map(lambda e: jnp.broadcast_to(e, (L,) + e.shape), before), local)
 
 
 __all__ = ["smooth"]

@@ -30,7 +30,7 @@ from .._info import Info
 from .._ir import Outputs, jaxpr_step
 from jax import lax
 from .._plan import Plan
-from . import _sharding
+from . import _mesh, _sharding
 from ._checks import with_fallback
 from ._chunked import run_chunked
 from ._result import Reason, StageStats, stack
@@ -211,20 +211,14 @@ def program_key(plan: Plan, leaves, in_trace: bool) -> tuple:
             plan.layout, plan.mesh, in_trace, chunked)
 
 
-def _place(v, mesh, spec):
-    """``v`` laid out as ``spec`` over ``mesh`` (inside or outside ``jit``)."""
-    sharding = jax.sharding.NamedSharding(mesh, spec)
-    explicit = any(t == jax.sharding.AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
-    return jax.reshard(v, sharding) if explicit else jax.lax.with_sharding_constraint(v, sharding)
-
-
 def _sharded_program(plan: Plan, in_trace: bool, jacobian, details: bool, outputs, n_h: int,
                      n_x: int, n_p: int, n_c: int, has_init: bool):
     """``_run`` inside ``shard_map`` over the plan's mesh axis (``runtime/_sharding.py``):
     inputs padded to ``D L`` steps (at the end of the processing order) and sharded along
     time, parameters and closed-over arrays replicated, states (or per-step outputs, and
     the final carry replicated) returned sharded along time and unpadded."""
-    lay, mesh, ir = plan.layout, plan.mesh, plan.ir
+    lay, ir = plan.layout, plan.ir
+    mesh = _mesh.auto(plan.mesh)   # the boundary with Explicit axes: runtime/_mesh.py
     T, pad, reverse = ir.length, lay.padding, ir.reverse
     axis = _sharding.TimeAxis(name=lay.axis_name, size=lay.devices, length=T + pad, valid=T,
                               reversed=reverse)
@@ -254,14 +248,24 @@ def _sharded_program(plan: Plan, in_trace: bool, jacobian, details: bool, output
         return [v[pad:] if reverse else v[:T] for v in out] if pad else out
 
     def program(h, x, p, c, init, oc=()):
-        x = [_place(padded(v), mesh, along_t) for v in x]
-        extra = () if init is None else ([_place(padded(v), mesh, along_t) for v in init],)
-        h, p, c, oc = ([_place(v, mesh, rep) for v in group] for group in (h, p, c, oc))
-        out, info = inner(h, x, p, c, oc, *extra)
-        if outputs is not None:
-            final, ys = out
-            return (final, unpad(ys)), info
-        return unpad(out), info
+        typed = _mesh.explicit_context()
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            x = [_mesh.place(padded(_mesh.untyped(v)), mesh, along_t) for v in x]
+            extra = () if init is None else (
+                [_mesh.place(padded(_mesh.untyped(v)), mesh, along_t) for v in init],)
+            h, p, c, oc = ([_mesh.place(_mesh.untyped(v), mesh, rep) for v in group]
+                           for group in (h, p, c, oc))
+            out, info = inner(h, x, p, c, oc, *extra)
+            final = None
+            if outputs is not None:
+                final, out = out
+            out = unpad(out)
+        if typed:  # inside jax.set_mesh with Explicit axes: results typed on the user's mesh
+            out = _mesh.typed(out, plan.mesh, rep if pad else along_t)
+            info = _mesh.typed(info, plan.mesh, rep)
+            if final is not None:
+                final = _mesh.typed(final, plan.mesh, rep)
+        return (out if outputs is None else (final, out)), info
 
     return jax.jit(program)
 

@@ -31,6 +31,14 @@ operations without an axis and collectives with one:
   loop's answer with the wall time of one loop over ``T`` steps and no gathering of the
   inputs (``D`` times the work).
 
+Other mesh axes (``others``) carry a batch of sequences under ``jax.vmap(...,
+spmd_axis_name=...)``: different devices along them solve different sequences, so their
+loops would stop after different numbers of iterations.  A loop or conditional with
+collectives inside must take the same path on every device of the mesh (a
+``collective_permute`` is one rendezvous of all of them), so ``while_loop`` runs until
+every device's condition is false (a ``pmax`` over the other axes) and keeps a finished
+state unchanged, and ``uniform`` makes a conditional's predicate the same everywhere.
+
 Communication per Newton/quasi-Newton/Picard iteration is therefore a few states per
 device boundary plus one gather of the summaries and a scalar all-reduce, independent of
 ``T``.  Everything here is linear in the data it moves, so JAX transposes it (``ppermute``
@@ -161,6 +169,12 @@ def valid_steps(local_length: int) -> jax.Array | None:
     return step_index(local_length) < ax.valid
 
 
+def global_steps(local_length: int) -> jax.Array:
+    """Global indices (processing order) of the local steps, on one device too."""
+    index = step_index(local_length)
+    return jnp.arange(local_length, dtype=jnp.int32) if index is None else index
+
+
 def global_length(local_length: int) -> int:
     """The real number of steps ``T`` of the whole sequence."""
     ax = current()
@@ -180,11 +194,51 @@ def reduce_sum(x: jax.Array) -> jax.Array:
     return x if ax is None else lax.psum(lax.stop_gradient(x), ax.name)
 
 
+def reduce_min(x: jax.Array) -> jax.Array:
+    ax = current()
+    return x if ax is None else lax.pmin(lax.stop_gradient(x), ax.name)
+
+
 def reduce_any(flag: jax.Array) -> jax.Array:
     ax = current()
     if ax is None:
         return flag
     return lax.pmax(flag.astype(jnp.int32), ax.name) > 0
+
+
+def _others(ax: TimeAxis | None) -> tuple[str, ...]:
+    """The other manual axes of the program being traced (those of a vmap-ed batch split
+    with ``spmd_axis_name``; a batch over an ``Explicit`` axis stays in XLA's hands, which
+    reduces a loop's batched condition over all of it)."""
+    if ax is None:
+        return ()
+    mesh = jax.sharding.get_abstract_mesh()
+    return tuple(name for name, kind in zip(getattr(mesh, "axis_names", ()),
+                                            getattr(mesh, "axis_types", ()))
+                 if kind == jax.sharding.AxisType.Manual and name != ax.name)
+
+
+def uniform(flag: jax.Array) -> jax.Array:
+    """``flag`` true on every device of the mesh where it is true on one device along the
+    other axes (a conditional with collectives inside takes one path everywhere)."""
+    others = _others(current())
+    if not others:
+        return flag
+    return lax.pmax(flag.astype(jnp.int32), others) > 0
+
+
+def while_loop(cond: Callable[[Any], jax.Array], body: Callable[[Any], Any], state: Any) -> Any:
+    """``lax.while_loop`` with the same number of trips on every device of the mesh: it runs
+    while ``cond`` holds on some device along the other axes, and a state whose own ``cond``
+    is false stays as it is (see the module docstring)."""
+    if not _others(current()):
+        return lax.while_loop(cond, body, state)
+
+    def frozen(s):
+        go = cond(s)
+        return jax.tree_util.tree_map(lambda new, old: jnp.where(go, new, old), body(s), s)
+
+    return lax.while_loop(lambda s: uniform(cond(s)), frozen, state)
 
 
 def gather(x: jax.Array) -> jax.Array:
@@ -223,5 +277,6 @@ def sequential(step: Callable[[Any, Any], Any], h0: Any, xs: Any, *, length: int
 
 
 __all__ = ["TimeAxis", "current", "along", "shift", "shift_back", "from_first_step", "value_at",
-           "step_index", "valid_steps", "global_length", "reduce_max", "reduce_sum",
-           "reduce_any", "gather", "pick", "sequential", "position"]
+           "step_index", "global_steps", "valid_steps", "global_length", "reduce_max",
+           "reduce_sum", "reduce_min", "reduce_any", "uniform", "while_loop", "gather",
+           "pick", "sequential", "position"]

@@ -29,6 +29,15 @@ T=256, deer 48 sweeps; Euler step ``h + 0.05 g(h)`` T=256, picard 84 sweeps.  GR
 (float32, T=4096, W=256, ``atol = 1e-5``): deer 64 sweeps (20480 evaluations), quasi-deer
 163 (45824) -- windows trade 5-11× the evaluations of the loop for O(W) memory per sweep
 and robustness on chaotic problems.
+
+Across devices (``_sharding.py``) the window is the same window of global steps, and the
+sweeps are the same sweeps: every device works on a slice of ``min(W, L)`` of its ``L``
+steps that covers its part of the window (the devices the window does not reach work on
+a slice that is held fixed).  Positions of a slice outside the window are held fixed like
+the accepted prefix (``Ã = 0``, ``b`` = their value), so the two scans of a sweep run over
+the slices in device order as one scan over the window, also when it crosses a device
+boundary; the first failing step is a ``pmin`` of global indices, the residuals ``pmax``.
+A sweep costs one slice of evaluations per device and the collectives of two scans.
 """
 
 from __future__ import annotations
@@ -51,18 +60,21 @@ def default_sweeps(T: int, W: int) -> int:
 def iterate_windowed(f, z0, xs, guess, *, lin: Linearisation, window: int,
                      tol: _checks.Tolerances, max_iters: int, chunk=None):
     """``(z, iterations, residual, error, converged, reason, history)``."""
-    T, n = guess.shape
+    L, n = guess.shape                  # the local steps (all of them on one device)
+    T = _sharding.global_length(L)      # the real steps of the whole sequence
     W = int(window)
+    Wl = min(W, L)                      # the local slice that covers this device's part
     dtype = guess.dtype
     rdt = jnp.finfo(dtype).dtype
     form = lin.form
-    idx = jnp.arange(W, dtype=jnp.int32)
+    base = _sharding.global_steps(L)[0]
+    idx = jnp.arange(Wl, dtype=jnp.int32)
     zero = jnp.zeros((n,), dtype)
 
-    def slice_xs(w0):
+    def slice_xs(ls):
         if xs is None:
             return None
-        return jax.tree.map(lambda leaf: lax.dynamic_slice_in_dim(leaf, w0, W, 0), xs)
+        return jax.tree.map(lambda leaf: lax.dynamic_slice_in_dim(leaf, ls, Wl, 0), xs)
 
     state0 = dict(k=jnp.asarray(0, jnp.int32), s=jnp.asarray(0, jnp.int32), z=guess,
                   e=jnp.zeros_like(guess), res=jnp.asarray(0, rdt), err=jnp.asarray(0, rdt),
@@ -73,36 +85,54 @@ def iterate_windowed(f, z0, xs, guess, *, lin: Linearisation, window: int,
 
     def body(s):
         start, z = s["s"], s["z"]
-        w0 = jnp.minimum(start, T - W)
-        zw = lax.dynamic_slice_in_dim(z, w0, W, 0)
-        prev = jnp.where(w0 > 0, z[jnp.maximum(w0 - 1, 0)], z0)
-        e_prev = jnp.where(w0 > 0, s["e"][jnp.maximum(w0 - 1, 0)], zero)
-        P = jnp.concatenate([prev[None], zw[:-1]], axis=0)
-        fz, a, _ = lin.evaluate(P, slice_xs(w0))
+        w0 = jnp.minimum(start, T - W)                  # the window [w0, w0 + W), global
+        ls = jnp.clip(w0 - base, 0, L - Wl)             # this device's slice [ls, ls + Wl)
+        g = base + ls + idx                             # its global steps
+        inside = ((g >= w0) & (g < w0 + W))[:, None]
+        zw = lax.dynamic_slice_in_dim(z, ls, Wl, 0)
+        ew = lax.dynamic_slice_in_dim(s["e"], ls, Wl, 0)
+        before = jnp.where(ls > 0, z[jnp.maximum(ls - 1, 0)],
+                           _sharding.shift(z[-1:], z0)[0])
+        P = jnp.concatenate([before[None], zw[:-1]], axis=0)
+        fz, a, _ = lin.evaluate(P, slice_xs(ls))
         a = form.sanitize(a)
         bad, fin, nonfinite = _checks.step_test(zw, fz, tol.rtol, tol.atol)
+        step_bad = jnp.any(bad & inside, axis=-1) & (g >= start)
+        first_bad = _sharding.reduce_min(
+            jnp.min(jnp.where(step_bad, g, w0 + W), initial=w0 + W)).astype(jnp.int32)
+        final = g < first_bad                           # accepted (before or now)
+        newly = final & inside[:, 0] & (g >= start)
+        # The scans run over the slices in device order; a slice that does not start a
+        # device's steps (ls > 0) takes its predecessor (step ls - 1) from this device,
+        # folded into its first step (Ã = 0 there), so what enters it does not matter.
+        edge = ((idx == 0) & (ls > 0))[:, None]
+        # the error estimate e_t = Ã_t e_{t-1} + r_t over the window; outside it e is held
         r = jnp.where(jnp.isfinite(fz - zw), fz - zw, jnp.zeros((), dtype))
-        e = _linear.solve(form, a, r, e_prev, chunk=chunk)
-        step_bad = jnp.any(bad, axis=-1) & (idx >= start - w0)
-        first_bad = jnp.where(jnp.any(step_bad), jnp.argmax(step_bad), W).astype(jnp.int32)
-        final = idx < first_bad            # accepted (before or now)
-        newly = final & (idx >= start - w0)
-        res = jnp.maximum(s["res"], jnp.max(jnp.where(newly[:, None], fin, 0), initial=0.0))
-        err = jnp.maximum(s["err"], jnp.max(jnp.where(newly[:, None], jnp.abs(e).astype(rdt),
-                                                      0), initial=0.0))
-        # one method step on the rest of the window, the accepted prefix held fixed
-        b = jnp.where(final[:, None], zw, fz - form.apply(a, P))
-        zn = _linear.solve(form, form.mask(a, final), b, prev, chunk=chunk)
+        e_before = s["e"][jnp.maximum(ls - 1, 0)]
+        carried = form.apply(a, jnp.concatenate([e_before[None], ew[:-1]], axis=0))
+        e = _linear.solve(form, form.mask(a, ~inside[:, 0] | edge[:, 0]),
+                          jnp.where(inside, r + jnp.where(edge, carried, 0), ew), zero,
+                          chunk=chunk)
+        res = jnp.maximum(s["res"], _sharding.reduce_max(
+            jnp.max(jnp.where(newly[:, None], fin, 0), initial=0.0)))
+        err = jnp.maximum(s["err"], _sharding.reduce_max(
+            jnp.max(jnp.where(newly[:, None], jnp.abs(e).astype(rdt), 0), initial=0.0)))
+        # one method step on the rest of the window, the accepted prefix (and all outside
+        # the window) held fixed
+        hold = final | ~inside[:, 0]
+        b = jnp.where(hold[:, None], zw, jnp.where(edge, fz, fz - form.apply(a, P)))
+        zn = _linear.solve(form, form.mask(a, hold | edge[:, 0]), b, z0, chunk=chunk)
         zn = jnp.where(jnp.isfinite(zn) | ~jnp.isfinite(fz), zn, fz)
-        zn = jnp.where(final[:, None], zw, zn)
-        wres = jnp.max(jnp.where(nonfinite, jnp.inf, fin), initial=0.0).astype(rdt)
-        return dict(k=s["k"] + 1, s=w0 + first_bad,
-                    z=lax.dynamic_update_slice_in_dim(z, zn, w0, 0),
-                    e=lax.dynamic_update_slice_in_dim(s["e"], e, w0, 0),
+        zn = jnp.where(hold[:, None], zw, zn)
+        wres = _sharding.reduce_max(jnp.max(
+            jnp.where(inside, jnp.where(nonfinite, jnp.inf, fin), 0), initial=0.0)).astype(rdt)
+        return dict(k=s["k"] + 1, s=first_bad,
+                    z=lax.dynamic_update_slice_in_dim(z, zn, ls, 0),
+                    e=lax.dynamic_update_slice_in_dim(s["e"], jnp.where(inside, e, ew), ls, 0),
                     res=res.astype(rdt), err=err.astype(rdt),
                     hist=s["hist"].at[s["k"]].set(wres))
 
-    s = lax.while_loop(cond, body, state0)
+    s = _sharding.while_loop(cond, body, state0)
     ok = s["s"] >= T
 
     def full_residual(z):
