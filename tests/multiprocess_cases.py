@@ -226,8 +226,26 @@ def two_dimensional_mesh_batch_over_data_time_over_t():
     close(gather(grad), jax.grad(lambda b: jnp.sum(reference(b)))(batch), 1e-9)
 
 
-# recur.lax.scan (per-step outputs ``ys``) belongs here once it is on main: the same cases
-# with ``ys`` sharded along time and gathered (issue 15, item 1).
+@case
+def lax_scan_outputs_explicit_mesh_padding_and_gradient():
+    h0, xs, p = gru_problem(10, seed=9)
+    readout = np.random.default_rng(9).standard_normal((3, 2))
+
+    def f(h, x):
+        h = gru(h, x, p)
+        return h, {"y": readout @ h, "norm": jnp.sum(h * h)}
+
+    def run(xs):
+        return recur.lax.scan(f, h0, xs, method="deer", mesh=EXPLICIT, axis_name="t")
+
+    def loss(run):
+        return lambda xs: jnp.sum(jnp.sin(run(xs)[1]["y"])) + jnp.sum(run(xs)[0])
+    (carry, ys) = jax.jit(run)(put(xs, EXPLICIT))
+    want_carry, want_ys = jax.lax.scan(f, h0, xs)
+    close(gather(carry), want_carry, 1e-10)
+    close(gather(ys), want_ys, 1e-10)
+    grad = jax.jit(jax.grad(loss(run)))(put(xs, EXPLICIT))
+    close(gather(grad), jax.grad(loss(lambda xs: jax.lax.scan(f, h0, xs)))(xs), 1e-9)
 
 
 def main() -> None:
