@@ -225,6 +225,17 @@ def _counter(state, x, p):
     return {"h": h, "k": k + 1}
 
 
+def _hmm_forward(alpha, log_b, log_a):
+    """The HMM forward filter in log space: linear over (log-sum-exp, +)."""
+    return jax.nn.logsumexp(alpha[:, None] + log_a, axis=0) + log_b
+
+
+def _make_hmm(T, K=3):
+    rng = _rng(7)
+    log_a = jax.nn.log_softmax(jnp.asarray(rng.standard_normal((K, K))), axis=1)
+    return (jnp.full(K, -np.log(K)), jnp.asarray(rng.standard_normal((T, K))), log_a)
+
+
 def _make_affine_diag(T, D=4):
     rng = _rng(0)
     return (jnp.asarray(rng.standard_normal(D)), jnp.asarray(rng.standard_normal((T, D))),
@@ -288,4 +299,5 @@ PROBLEMS = {p.name: p for p in (
     Problem("kalman", _kalman, _make_kalman, T=30, T_grad=6, affine=False, stages=2),
     Problem("logistic-chaotic", _logistic, _make_logistic, T=200, T_grad=6, affine=False),
     Problem("counter", _counter, _make_counter, T=30, T_grad=6, affine=False, stages=2),
+    Problem("hmm", _hmm_forward, _make_hmm, T=40, T_grad=8, affine=False),
 )}

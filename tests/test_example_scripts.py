@@ -63,6 +63,7 @@ def runs(request, figures):
         return {name: f.result() for name, f in futures.items()}
 
 
+@pytest.mark.xdist_group("example-scripts")  # one worker runs the fixture's batch
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_example_script(runs, figures, name):
     proc, start = runs[name]

@@ -38,7 +38,7 @@ FORWARD = [
     ("lstm", "deer"), ("logistic-chaotic", "deer"), ("counter", "deer"),
     ("gru", "quasi-deer"), ("logistic-chaotic", "quasi-deer"),
     ("tanh-rnn", "picard"), ("tanh-rnn", "jacobi"),
-    ("tanh-rnn", "elk"), ("gru", "quasi-elk"),
+    ("tanh-rnn", "elk"), ("gru", "quasi-elk"), ("hmm", "semiring"),
 ] + [(name, "auto") for name in PROBLEMS] + [
     (name, "gpu") for name in ("affine-dense", "lstm", "kalman", "counter")]
 
@@ -51,7 +51,12 @@ GRADS = [
     ("affine-dense", "scan", ("fwd", "rev")), ("logistic-chaotic", "deer", ("fwd", "rev")),
     ("lstm", "deer", ("rev",)), ("counter", "deer", ("rev",)), ("gru", "quasi-deer", ("rev",)),
     ("tanh-rnn", "elk", ("rev",)), ("kalman", "auto", ("rev",)), ("affine-diag", "auto", ("rev",)),
+    ("hmm", "semiring", ("rev",)),
 ]
+
+# ``chunked`` computes a ``recur.lax.scan`` body's outputs (it never returns every state), so
+# it has its own case below: gated linear attention, outputs ``Sᵀ q``.
+LAX_ONLY = {"chunked"}
 
 
 def _shapes(tree):
@@ -92,7 +97,8 @@ def _close(a, b, tol):
 
 def test_every_method_is_tested():
     names = set(_methods.names(choices=False)) | {"auto", "gpu"}
-    assert names <= {m for _, m in FORWARD}
+    assert names - LAX_ONLY <= {m for _, m in FORWARD}
+    assert LAX_ONLY <= {m for m, _ in LAX_CASES}
     assert {"scan", "deer", "elk", "auto"} <= {m for _, m, _ in GRADS}
     assert set(PROBLEMS) <= {p for p, _ in FORWARD}
 
@@ -152,6 +158,8 @@ NOT_APPLICABLE = [
     ("counter", {"['k']": "deer"}, {}, "only the loop computes exactly"),
     ("gru", {"z": "deer"}, {}, "no stage's state"),
     ("gru", "newton", {}, "unknown method"),
+    ("tanh-rnn", "semiring", {}, "needs a recurrence that is linear over a semiring"),
+    ("gru", "chunked", {}, "needs a recur.lax.scan body"),
     *[("no-jvp", m, {}, "forward-mode") for m in ("deer", "quasi-deer", "elk")],
 ]
 
@@ -168,3 +176,34 @@ def test_methods_that_do_not_apply_raise_a_plan_error(name, method, options, wor
     for call in (recur.plan, recur.scan):
         with pytest.raises(recur.PlanError, match=words):
             call(fn, h0, xs, params, length=T, method=method, **options)
+
+
+def _gla(S, x):
+    """Gated linear attention as a ``jax.lax.scan`` body: ``S' = diag(a) S + k vᵀ``, ``Sᵀ q``."""
+    q, k, v, a = x
+    S = a[:, None] * S + k[:, None] * v[None, :]
+    return S, S.T @ q
+
+
+def _gla_inputs(T, d=3):
+    rng = np.random.default_rng(8)
+    return tuple(jnp.asarray(rng.standard_normal((T, d))) for _ in range(3)) + \
+        (jnp.asarray(rng.uniform(0.5, 0.95, (T, d))),)
+
+
+LAX_CASES = [("chunked", _gla), ("sequential", _gla), ("auto", _gla)]
+
+
+@pytest.mark.timeout(TIMEOUT)
+@pytest.mark.parametrize("method, body", LAX_CASES)
+def test_lax_methods_agree_with_jax_lax_scan(method, body):
+    xs, S0 = _gla_inputs(24), jnp.zeros((3, 3))
+    (carry, ys), info = recur.lax.scan(body, S0, xs, method=method, return_info=True)
+    want_carry, want_ys = jax.lax.scan(body, S0, xs)
+    _close(carry, want_carry, AGREE)
+    _close(ys, want_ys, AGREE)
+    if method == "chunked":
+        assert info.method == "chunked"
+        loss = lambda xs, m: jnp.sum(jnp.sin(recur.lax.scan(body, S0, xs, method=m)[1]))  # noqa: E731
+        _close(jax.grad(loss)(xs, method), jax.grad(
+            lambda xs: jnp.sum(jnp.sin(jax.lax.scan(body, S0, xs)[1])))(xs), AGREE)

@@ -67,9 +67,17 @@ class Level:
     sel: np.ndarray | None = None  # the selection σ (see the module docstring), or None
     coef: str | None = None  # ONE or SCALAR where ``sel`` is known
     reason: str | None = None
+    uniform: bool = False  # a state-free value whose elements are all equal (a shared scalar)
 
 
 _FREE = Level(FREE)
+_UNIFORM = Level(FREE, uniform=True)
+# State-free results that are uniform when every operand is: a broadcast of a one-element
+# value (``A * h`` with ``A`` of shape (1,)), its reshapes, and elementwise arithmetic of such.
+_KEEPS_UNIFORM = frozenset(
+    "broadcast_in_dim reshape squeeze expand_dims convert_element_type copy copy_p neg abs "
+    "sign add sub mul div max min pow integer_pow exp exp2 log log1p expm1 tanh logistic sin "
+    "cos sqrt rsqrt square real imag conj".split())
 
 _KEEP = MOVEMENT | GATHERING | {"copy", "copy_p", "pad"}
 _SUMS = frozenset({"reduce_sum", "cumsum"})
@@ -235,7 +243,7 @@ def _rule(eqn, ins: list[Level]) -> list[Level]:
         if len(dep) == 2 or (name == "div" and dep != [0]):
             return [_nonlinear(eqn, ins, "a product of two state-dependent values"
                                if name == "mul" else "a division by a state-dependent value")]
-        return [_product(eqn, ins[dep[0]], eqn.invars[1 - dep[0]], out_shape)]
+        return [_product(eqn, ins[dep[0]], eqn.invars[1 - dep[0]], ins[1 - dep[0]], out_shape)]
     if name == "dot_general":
         if len(dep) == 2:
             return [_nonlinear(eqn, ins, "a product of two state-dependent arrays (dot_general)")]
@@ -253,7 +261,8 @@ def _rule(eqn, ins: list[Level]) -> list[Level]:
     if name == "select_n":
         if ins[0].level > FREE:
             return [_nonlinear(eqn, ins, "a choice on a state-dependent predicate (where/select)")]
-        sel, coef = _choice(ins[1:], out_shape, uniform=_shape(eqn.invars[0]) == ())
+        sel, coef = _choice(ins[1:], out_shape,
+                            uniform=_shape(eqn.invars[0]) == () or ins[0].uniform)
         return [Level(_offset(eqn, ins[1:], None).level, sel, coef)]
     if name in ("gather", "dynamic_slice", "dynamic_update_slice") or name.startswith("scatter"):
         return [_indexed(eqn, ins, dep)]
@@ -281,12 +290,12 @@ def _rule(eqn, ins: list[Level]) -> list[Level]:
     return [_nonlinear(eqn, ins, f"the nonlinear primitive `{name}`")] * n_out
 
 
-def _product(eqn, lv: Level, other, out_shape) -> Level:
+def _product(eqn, lv: Level, other, other_level: Level, out_shape) -> Level:
     """A state-dependent value times (or over) a state-free one: the selection survives a
-    literal 1 (``ONE``) or a rank-0 factor (``SCALAR``), not an elementwise one."""
+    literal 1 (``ONE``) or a rank-0 or uniform factor (``SCALAR``), not an elementwise one."""
     if eqn.primitive.name == "mul" and _is_literal_value(other, 1):
         return _times(lv, out_shape, ONE)
-    if _shape(other) == ():
+    if _shape(other) == () or other_level.uniform:
         return _times(lv, out_shape, SCALAR)
     return Level(lv.level)
 
@@ -419,12 +428,18 @@ def analyse_levels(closed, in_levels: Sequence[Level]) -> list[Level]:
     env.update(zip(jaxpr.invars, in_levels))
 
     def read(atom) -> Level:
-        return _FREE if jx.is_literal(atom) else env.get(atom, _FREE)
+        lv = _FREE if jx.is_literal(atom) else env.get(atom, _FREE)
+        if lv.level == FREE and not lv.uniform and int(np.prod(_shape(atom))) <= 1:
+            return _UNIFORM
+        return lv
+
+    def free(eqn, ins) -> list[Level]:
+        uniform = eqn.primitive.name in _KEEPS_UNIFORM and all(lv.uniform for lv in ins)
+        return [_UNIFORM if uniform else _FREE] * len(eqn.outvars)
 
     for eqn in jaxpr.eqns:
         ins = [read(a) for a in eqn.invars]
-        outs = [_FREE] * len(eqn.outvars) if all(lv.level == FREE for lv in ins) \
-            else _rule(eqn, ins)
+        outs = free(eqn, ins) if all(lv.level == FREE for lv in ins) else _rule(eqn, ins)
         for v, lv in zip(eqn.outvars, outs):
             if not isinstance(v, jx.DropVar):
                 env[v] = lv

@@ -182,7 +182,16 @@ def test_kinds_agree_with_the_plan_for_random_updates(e1, e2, e3):
     kinds = rec.model.kinds
     dsl = {"linear": "affine", "affine": "affine", "diagonal": "diagonal",
            "block-diagonal": "nonlinear", "nonlinear": "nonlinear"}
-    for stage in rec.plan(length=4).stages:
+    rank = {"affine": 0, "diagonal": 1, "nonlinear": 2}
+    plan = rec.plan(length=4)
+    for i, stage in enumerate(plan.stages):
         states = {s.split("[")[0] for s in stage.states}       # h, or h[0:1] of h
-        if len({kinds[s] for s in states}) == 1:
-            assert {kinds[s] for s in states} == {dsl[stage.kind]}, (text, stage)
+        if len({kinds[s] for s in states}) != 1:
+            continue
+        (kind,) = {kinds[s] for s in states}
+        unconfirmed = any(n.startswith(f"stage {i}: ") and "could not be confirmed" in n
+                          for n in plan.notes)
+        if unconfirmed:  # every probe non-finite (a negative base ** h): the plan stays dense
+            assert rank[dsl[stage.kind]] >= rank[kind], (text, stage)
+        else:
+            assert {kind} == {dsl[stage.kind]}, (text, stage)

@@ -164,6 +164,12 @@ def test_reason_names_a_jitted_helper_not_its_inside():
     (lambda h, x: jnp.where(x > 0, h, 2.0 * h), False, False),
     (lambda h, x: x * h, False, False),
     (lambda h, x: jnp.concatenate([0.5 * h[:1], h[1:]]), False, False),
+    # a one-element coefficient broadcast (a (1,)-shaped parameter), and arithmetic on it
+    (lambda h, x: jnp.array([0.5]) * h + x, True, False),
+    (lambda h, x: jnp.tanh(x[:1] * 2.0) * h + x, True, False),
+    (lambda h, x: jnp.broadcast_to(x[:1], (2,)) * h, True, False),
+    (lambda h, x: jnp.array([0.5, 0.5]) * h + x, False, False),    # equal, not provably so
+    (lambda h, x: (x[:1] + x) * h, False, False),
 ])
 def test_structural_scalar_and_unit_flags(step, scalar, unit):
     ir = trace_step(step, jnp.ones(2), jnp.ones((3, 2)))
