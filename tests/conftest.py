@@ -9,9 +9,10 @@ from hypothesis import HealthCheck, Phase, settings
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
-# CI: no shrinking (a failure is reported as drawn, with its seed), bounded examples.
+# CI: no shrinking (a failure is reported as drawn, with its seed), bounded examples (most
+# examples compile a program of their own: that, not the check, is what each one costs).
 settings.register_profile(
-    "ci", max_examples=15, deadline=None, print_blob=True,
+    "ci", max_examples=10, deadline=None, print_blob=True,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile(

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import recur
 
@@ -240,6 +240,7 @@ def test_non_finite_inputs_fall_back_to_the_loop():
     assert bool(np.any(info.fell_back))
 
 
+@settings(max_examples=6)  # every length compiles its own chunked program
 @given(st.integers(1, 40), st.booleans(), st.sampled_from(["gla", "retnet", "mlstm"]))
 def test_lengths_property(T, reverse, name):
     f, init, xs = make(name, T)

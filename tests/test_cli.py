@@ -42,24 +42,27 @@ DRIVER = textwrap.dedent("""
     FAULT = set()
     orig_dsl, orig_api = recur.DSLRecurrence.scan, recur._api.scan
 
-    def perturb(out, method):
+    def perturb(out, method, with_info=True):
         if method == "sequential" or not FAULT & {"offset", "nan"}:
             return out
         import jax
-        hs, info = out
+        hs, info = out if with_info else (out, None)
         change = (lambda v: v.at[3].set(float("nan"))) if "nan" in FAULT else \\
             (lambda v: v.at[3].add(0.01))
-        return jax.tree_util.tree_map(change, hs), info
+        hs = jax.tree_util.tree_map(change, hs)
+        return (hs, info) if with_info else hs
 
     def dsl_scan(self, *a, method=None, **k):
         if "raise" in FAULT and method == "scan":
             raise RuntimeError("injected failure")
         if "slow" in FAULT and method == "auto":
             time.sleep(2)
-        return perturb(orig_dsl(self, *a, method=method, **k), method)
+        return perturb(orig_dsl(self, *a, method=method, **k), method,
+                       k.get("return_info", False))
 
     def api_scan(fn, *a, method="auto", **k):
-        return perturb(orig_api(fn, *a, method=method, **k), method)
+        return perturb(orig_api(fn, *a, method=method, **k), method,
+                       k.get("return_info", False))
 
     recur.DSLRecurrence.scan = dsl_scan
     recur._api.scan = api_scan
