@@ -272,61 +272,27 @@ def solve_nonlinear(f: Flat, z0, xs, *, method: str, structure: Structure, lengt
     if _sharding.current() is not None and not m.sharded:
         raise PlanError(f"method {method!r} is not available across devices; use one of "
                         f"{', '.join(_methods.sharded())}.")
-    if window is not None:
-        if int(window) < 1:
-            raise PlanError(f"window must be >= 1, got {window!r}")
-        if not m.windows:
-            raise PlanError(f"window= works with {', '.join(_methods.with_windows())}, not "
-                            f"{method!r}.")
-        window = None if int(window) >= T_all else int(window)
-    if max_iters is None:
-        from ._windows import default_sweeps
-        max_iters = default_max_iters(method, T_all) if window is None \
-            else default_sweeps(T_all, window)
-    max_iters = int(max_iters)
-    if max_iters < 0:
-        raise PlanError(f"max_iters must be >= 0, got {max_iters}")
+    window = _window(m, method, window, T_all)
+    max_iters = _max_iters(method, max_iters, window, T_all)
     rdt = _real(dtype)
     if T == 0:
         return jnp.zeros((0, n), dtype), StageStats.make(real_dtype=rdt), \
             jnp.full((max_iters,), jnp.nan, rdt)
-
-    if init is None:
-        guess = map_steps(f, jnp.broadcast_to(z0, (T, n)), xs)
-    else:
-        guess = jnp.asarray(init)
-        if guess.shape != (T, n):
-            raise StepFunctionError(
-                f"solve_nonlinear: init must have shape {(T, n)}, got {guess.shape}")
-    guess = lax.stop_gradient(guess.astype(dtype))
+    guess = _initial_guess(f, z0, xs, init, T)
     lin = linearise(f, m, structure, n, dtype, jacobian=jacobian, want_jvp=window is None)
 
     def F(zs):
         return zs - map_steps(f, _sharding.shift(zs, z0), xs)
 
     def solve(_F, guess):
-        kw = dict(lin=lin, tol=tol, max_iters=max_iters, chunk=chunk)
-        if window is not None:
-            from ._windows import iterate_windowed
-            zs, its, res, err, ok, reason, hist = iterate_windowed(f, z0, xs, guess,
-                                                                   window=window, **kw)
-            lam = jnp.asarray(jnp.nan, rdt)
-        elif m.damped:
-            from ._elk import iterate_elk
-            zs, its, res, err, ok, reason, lam, hist = iterate_elk(
-                f, z0, xs, guess, lyapunov=LyapunovEstimate(
-                    n, T, dtype, lin.lyapunov_exact, lyapunov), **kw)
-        else:
-            zs, its, res, err, ok, reason, lam, hist = iterate(
-                f, z0, xs, guess, lyapunov=LyapunovEstimate(
-                    n, T, dtype, lin.lyapunov_exact, lyapunov), **kw)
+        zs, its, res, err, ok, reason, lam, hist = _iterate_method(
+            m, f, z0, xs, guess, lin=lin, tol=tol, max_iters=max_iters, chunk=chunk,
+            window=window, lyapunov=lyapunov)
         fell_back = jnp.asarray(False)
         if fallback:
             zs = _checks.with_fallback(zs, ok, lambda: sequential_scan(f, z0, xs, length=T))
             fell_back = ~ok
-        evals = (T_all if init is None else 0) + (
-            (its + 1) * T_all if window is None else its * window + jnp.where(ok, 0, T_all))
-        evals = evals + jnp.where(fell_back, T_all, 0)
+        evals = _evaluations(its, ok, fell_back, T_all, window, init is None)
         st = StageStats.make(iterations=its, residual=res, error=err, converged=ok,
                              fell_back=fell_back, reason=reason, lyapunov=lam,
                              evaluations=evals, real_dtype=rdt)
@@ -338,6 +304,72 @@ def solve_nonlinear(f: Flat, z0, xs, *, method: str, structure: Structure, lengt
     zs, (aux, hist) = lax.custom_root(F, guess, solve, tangent, has_aux=True)
     aux, hist = lax.stop_gradient((aux, hist))
     return zs, _from_aux(aux), hist
+
+
+def _window(m, method: str, window, T_all: int) -> int | None:
+    """The window length, checked; ``None`` when it covers the whole sequence."""
+    if window is None:
+        return None
+    if int(window) < 1:
+        raise PlanError(f"window must be >= 1, got {window!r}")
+    if not m.windows:
+        raise PlanError(f"window= works with {', '.join(_methods.with_windows())}, not "
+                        f"{method!r}.")
+    return None if int(window) >= T_all else int(window)
+
+
+def _max_iters(method: str, max_iters, window: int | None, T_all: int) -> int:
+    """The most corrections (window sweeps): the given number, or the registry's default
+    (``_windows.default_sweeps`` for windows)."""
+    if max_iters is None:
+        from ._windows import default_sweeps
+        max_iters = default_max_iters(method, T_all) if window is None \
+            else default_sweeps(T_all, window)
+    max_iters = int(max_iters)
+    if max_iters < 0:
+        raise PlanError(f"max_iters must be >= 0, got {max_iters}")
+    return max_iters
+
+
+def _initial_guess(f: Flat, z0, xs, init, T: int):
+    """``init`` (checked), or ``z̃_t = f(z0, x_t)``; no gradient flows through it."""
+    n, dtype = z0.shape[0], z0.dtype
+    if init is None:
+        guess = map_steps(f, jnp.broadcast_to(z0, (T, n)), xs)
+    else:
+        guess = jnp.asarray(init)
+        if guess.shape != (T, n):
+            raise StepFunctionError(
+                f"solve_nonlinear: init must have shape {(T, n)}, got {guess.shape}")
+    return lax.stop_gradient(guess.astype(dtype))
+
+
+def _iterate_method(m, f: Flat, z0, xs, guess, *, lin: Linearisation, tol, max_iters: int,
+                    chunk, window: int | None, lyapunov: bool):
+    """``(zs, iterations, residual, error, converged, reason, lyapunov, history)`` of the
+    method's iteration: sliding windows, damped (ELK), or the plain Newton family."""
+    kw = dict(lin=lin, tol=tol, max_iters=max_iters, chunk=chunk)
+    if window is not None:
+        from ._windows import iterate_windowed
+        zs, its, res, err, ok, reason, hist = iterate_windowed(f, z0, xs, guess,
+                                                               window=window, **kw)
+        return zs, its, res, err, ok, reason, jnp.asarray(jnp.nan, _real(z0.dtype)), hist
+    T, n = guess.shape
+    estimate = LyapunovEstimate(n, T, z0.dtype, lin.lyapunov_exact, lyapunov)
+    if m.damped:
+        from ._elk import iterate_elk
+        return iterate_elk(f, z0, xs, guess, lyapunov=estimate, **kw)
+    return iterate(f, z0, xs, guess, lyapunov=estimate, **kw)
+
+
+def _evaluations(its, ok, fell_back, T_all: int, window: int | None, guessed: bool):
+    """Evaluations of ``f`` over the whole sequence: the initial guess (when recur made
+    it), one per step per iteration and one more for the final residual (windows: ``W``
+    per sweep, and a full residual when they did not converge), and the loop's when it
+    fell back."""
+    evals = (T_all if guessed else 0) + (
+        (its + 1) * T_all if window is None else its * window + jnp.where(ok, 0, T_all))
+    return evals + jnp.where(fell_back, T_all, 0)
 
 
 __all__ = ["solve_nonlinear", "iterate", "tangent_solve", "default_max_iters",

@@ -60,20 +60,9 @@ applications: total work about twice the sequential loop (diagonal), depth
 plain sequential ``lax.scan`` (work ``T`` steps, depth ``T``); ``chunk=1`` makes every
 step its own chunk (the combine then is the whole recurrence).
 
-Default chunk size (measured, see ``benchmarks/affine.py``)
------------------------------------------------------------
-* CPU: ``chunk = T``, the sequential loop (it compiles to the same program as a
-  hand-written ``lax.scan``).  Measured on the 2-core CPU of this project (jax 0.10.2,
-  T=2^17, n=64, float32, under a load average of ~2.5): ``lax.scan`` 46 ms, default
-  45 ms, chunk=1024 49 ms, chunk=64 58 ms, ``jax.lax.associative_scan`` 188 ms; dense
-  ``k = 32``, T=2^14: default 10.5 ms, ``lax.scan`` 12.8 ms, any chunking >= 78 ms (the
-  summaries need ``k x k`` products), ``associative_scan`` 336 ms.  On a few cores the
-  time goes into writing the ``T x n`` result and the loop overhead, which chunking does
-  not remove, while it doubles the arithmetic.
-* GPU/TPU: ``chunk = 64`` (recursively), i.e. ``T / 64`` chunks in flight and a tree of
-  depth ``log_64 T``; the sequential loop would leave the device idle.  Chosen on the
-  usual latency/parallelism argument and NOT yet measured on an accelerator:
-  re-tune ``_ACCEL_CHUNK`` / ``_MAX_UNROLL`` with ``benchmarks/affine.py`` there.
+Default chunk size
+------------------
+The sequential loop on CPU, chunks of 64 (recursively) on GPU/TPU: ``_chunk_policy.py``.
 
 Numerics
 --------
@@ -81,7 +70,7 @@ Everything is accumulated in at least float32 (complex64): bfloat16 / float16 in
 are upcast, the result is cast back to ``result_type(a, b, h0)``.  The results equal
 the sequential loop up to rounding (the summaries reassociate the products).  The
 products of coefficients over a chunk (its summary) are kept as ``M · 2^e`` with an integer
-exponent (``structures`` below), so a product that leaves the floating-point range --
+exponent (``_scaled.py``), so a product that leaves the floating-point range --
 ``5^64`` in float32 on the accelerator chunk of 64 -- does not overflow where the loop's
 state stays finite.
 
@@ -105,53 +94,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._errors import PlanError, StepFunctionError
+from .._errors import StepFunctionError
 from . import _sharding
+from ._chunk_policy import _resolve_chunk, _unroll, default_chunk
+from ._scaled import _Block, _Diag
 
 __all__ = ["diagonal_scan", "block_scan", "default_chunk"]
-
-# Chunk length used on accelerators (GPU/TPU) when ``chunk=None``.
-_ACCEL_CHUNK = 64
-# Largest loop unrolling of the vectorised per-chunk passes.
-_MAX_UNROLL = 8
-_HIGHEST = lax.Precision.HIGHEST
-
-
-# ----------------------------------------------------------------------------- policy
-
-def default_chunk(T: int, *, backend: str | None = None) -> int:
-    """The chunk length used when ``chunk=None``, for a recurrence of length ``T``.
-
-    On CPU this is ``T`` (one sequential ``lax.scan``: on a few cores it is the fastest,
-    see the module docstring); on GPU/TPU ``64``, so that ``T / 64`` chunks run in
-    parallel and the chunk summaries are combined by the same scheme recursively.
-    """
-    T = int(T)
-    if T <= 1:
-        return max(T, 1)
-    if backend is None:
-        backend = jax.default_backend()
-    if backend == "cpu":
-        return T
-    return min(T, _ACCEL_CHUNK)
-
-
-def _unroll(L: int) -> int:
-    # Unrolling the per-chunk loops saves loop overhead on accelerators; on CPU it did not
-    # pay (measured) and it multiplies compile time.
-    return 1 if jax.default_backend() == "cpu" else max(1, min(L, _MAX_UNROLL))
-
-
-def _resolve_chunk(T: int, chunk) -> int:
-    if chunk is None:
-        return default_chunk(T)
-    if isinstance(chunk, bool) or not isinstance(chunk, int) and not hasattr(chunk, "__index__"):
-        raise PlanError(f"chunk must be a positive int or None, got {chunk!r}")
-    chunk = int(chunk)
-    if chunk < 1:
-        raise PlanError(f"chunk must be a positive int or None, got {chunk}")
-    return min(chunk, max(T, 1))
-
 
 # ----------------------------------------------------------------------------- dtypes
 
@@ -171,161 +119,10 @@ def _dtypes(*xs):
 
 
 # ----------------------------------------------------------------------------- structures
-# A "structure" is what the kernel needs of the coefficients:
-#   apply(A, h)   -> A h         (one step on a state)
-#   lift(A)       -> A as a scaled product (below)
-#   mul(A, P)     -> A P         (A in this representation, P a scaled product)
-#   eye(like A)                  (identity factor, for padding)
-#   scaled        the structure of scaled products (the combine level's coefficients)
-#
-# Products of many coefficients (a chunk's summary) are kept *scaled*: a pair
-# ``(M, e)`` meaning ``M · 2^e`` with an integer exponent ``e`` per diagonal entry (per block
-# for blocks) and ``M`` renormalised after every product, so a product that overflows or
-# underflows in floating point -- ``5^64`` in float32 -- is still exact to rounding, and
-# applying it to a state the loop keeps finite (``5^64 · 1e-33``) gives a finite result:
-# ``ldexp(M h, e)``.  Single-step coefficients stay plain arrays.
-
-def _ldexp(x, e):
-    """``x 2^e``, as three multiplications by powers of two computed from ``e`` alone: linear
-    in ``x`` (``jnp.ldexp`` branches on ``x``, which JAX cannot transpose), and every factor
-    finite for any ``e`` whose result is (the partial products move monotonically towards
-    it)."""
-    fi = jnp.finfo(x.dtype)
-    one = jnp.ones((), fi.dtype)
-    e1 = e // 3
-    e2 = (e - e1) // 2
-    e3 = e - e1 - e2
-    for k in (e1, e2, e3):
-        # a factor is never 0 or inf, so 0 * factor stays 0; beyond the clip the product is
-        # out of range anyway, and overflows or underflows as the true value does
-        k = jnp.clip(k, int(fi.minexp) - int(fi.nmant), int(fi.maxexp) - 1)
-        x = x * jnp.ldexp(one, k).astype(x.dtype)
-    return x
-
-
-def _exponent(mag):
-    """``e`` with ``mag = m 2^e``, ``0.5 <= m < 1`` (0 for zero and non-finite ``mag``)."""
-    _, e = jnp.frexp(jnp.where(jnp.isfinite(mag), mag, 0))
-    return e.astype(jnp.int32)
-
+# The coefficient structures (diagonal, block) and their scaled products: ``_scaled.py``.
 
 def _tmap(fn, *trees):
     return jax.tree.map(fn, *trees)
-
-
-class _DiagScaled:
-    @staticmethod
-    def apply(A, h):
-        m, e = A
-        return _ldexp(m * h, e)
-
-    @staticmethod
-    def normalise(m, e):
-        d = _exponent(jnp.abs(m))
-        return _ldexp(m, -d), e + d
-
-    @staticmethod
-    def lift(A):
-        return A
-
-    @classmethod
-    def mul(cls, A, P):
-        return cls.normalise(A[0] * P[0], A[1] + P[1])
-
-    @staticmethod
-    def eye(shape, dtype):
-        return jnp.ones(shape, dtype), jnp.zeros(shape, jnp.int32)
-
-
-class _Diag:
-    scaled = _DiagScaled
-
-    @staticmethod
-    def apply(A, h):
-        return A * h
-
-    @staticmethod
-    def lift(A):
-        return _DiagScaled.normalise(A, jnp.zeros(A.shape, jnp.int32))
-
-    @staticmethod
-    def mul(A, P):
-        return _DiagScaled.normalise(A * P[0], P[1])
-
-    @staticmethod
-    def eye(shape, dtype):
-        return jnp.ones(shape, dtype)
-
-    @staticmethod
-    def transpose(A):
-        return A
-
-
-_DiagScaled.scaled = _DiagScaled
-
-
-def _matvec(A, h):
-    # One einsum at HIGHEST precision (exact float32 on every backend, no TF32/bf16 passes),
-    # as in _coefficients.py.  Measured on the 2-core CPU (k = 32, T = 4096, float32): inside
-    # the sequential loop 3.7 ms against 5.3 ms for a broadcast-multiply-sum, batched over
-    # all steps 2.6 ms against 96 ms.
-    return jnp.einsum("...ij,...j->...i", A, h, precision=_HIGHEST)
-
-
-def _matmul(A, P):
-    return jnp.einsum("...ij,...jk->...ik", A, P, precision=_HIGHEST)
-
-
-class _BlockScaled:
-    @staticmethod
-    def apply(A, h):
-        m, e = A
-        return _ldexp(_matvec(m, h), e[..., None])
-
-    @staticmethod
-    def normalise(m, e):
-        d = _exponent(jnp.max(jnp.abs(m), axis=(-2, -1)))
-        return _ldexp(m, -d[..., None, None]), e + d
-
-    @staticmethod
-    def lift(A):
-        return A
-
-    @classmethod
-    def mul(cls, A, P):
-        return cls.normalise(_matmul(A[0], P[0]), A[1] + P[1])
-
-    @staticmethod
-    def eye(shape, dtype):
-        return (jnp.broadcast_to(jnp.eye(shape[-1], dtype=dtype), shape),
-                jnp.zeros(shape[:-2], jnp.int32))
-
-
-class _Block:
-    scaled = _BlockScaled
-
-    @staticmethod
-    def apply(A, h):
-        return _matvec(A, h)
-
-    @staticmethod
-    def lift(A):
-        return _BlockScaled.normalise(A, jnp.zeros(A.shape[:-2], jnp.int32))
-
-    @staticmethod
-    def mul(A, P):
-        return _BlockScaled.normalise(_matmul(A, P[0]), P[1])
-
-    @staticmethod
-    def eye(shape, dtype):
-        return jnp.broadcast_to(jnp.eye(shape[-1], dtype=dtype), shape)
-
-    @staticmethod
-    def transpose(A):
-        return jnp.swapaxes(A, -1, -2)
-
-
-_BlockScaled.scaled = _BlockScaled
 
 
 def _coeff_shape(A):

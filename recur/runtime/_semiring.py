@@ -63,10 +63,10 @@ from .._errors import PlanError
 from .._ir import Structure
 from .._semirings import Algebra, Claim, block_layout, extract
 from . import _checks, _sharding
+from ._chunk_policy import _resolve_chunk, _unroll
 from ._iterative import _from_aux, _stats_aux, tangent_solve
 from ._jacobian import map_steps
 from ._result import Reason, StageStats
-from ._scan import _resolve_chunk, _unroll
 from ._sequential import sequential_scan
 
 Flat = Callable[[jax.Array, Any], jax.Array]

@@ -42,6 +42,8 @@ A sweep costs one slice of evaluations per device and the collectives of two sca
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -57,73 +59,111 @@ def default_sweeps(T: int, W: int) -> int:
     return T + -(-T // max(W, 1)) + 1
 
 
+class _Sizes(NamedTuple):
+    """The sweeps' sizes on this device: ``L`` local steps (all of them on one device) of
+    ``T`` in all, windows of ``W`` global steps, slices of ``Wl = min(W, L)`` local ones,
+    the global index ``base`` of this device's first step, and ``idx = arange(Wl)``."""
+
+    L: int
+    T: int
+    W: int
+    Wl: int
+    base: jax.Array
+    idx: jax.Array
+
+
+def _sizes(L: int, window: int) -> _Sizes:
+    W = int(window)
+    Wl = min(W, L)
+    return _Sizes(L, _sharding.global_length(L), W, Wl, _sharding.global_steps(L)[0],
+                  jnp.arange(Wl, dtype=jnp.int32))
+
+
+def _window(sz: _Sizes, start):
+    """``(w0, ls, g, inside, edge)``: the window ``[w0, w0 + W)`` (global), this device's
+    slice ``[ls, ls + Wl)`` that covers its part, the slice's global steps ``g``, which of
+    them lie in the window, and the slice's first position when the slice does not start
+    the device's steps (``ls > 0``)."""
+    w0 = jnp.minimum(start, sz.T - sz.W)
+    ls = jnp.clip(w0 - sz.base, 0, sz.L - sz.Wl)
+    g = sz.base + ls + sz.idx
+    inside = ((g >= w0) & (g < w0 + sz.W))[:, None]
+    edge = ((sz.idx == 0) & (ls > 0))[:, None]
+    return w0, ls, g, inside, edge
+
+
+def _first_failing(zw, fz, tol, g, inside, start, w0, W: int):
+    """``(first_bad, fin, nonfinite)``: the global index of the first step from ``start``
+    on in the window that fails the step test (``w0 + W`` when none does; the least over
+    the devices), and the step test's scaled residuals and non-finite flags."""
+    bad, fin, nonfinite = _checks.step_test(zw, fz, tol.rtol, tol.atol)
+    step_bad = jnp.any(bad & inside, axis=-1) & (g >= start)
+    first_bad = _sharding.reduce_min(
+        jnp.min(jnp.where(step_bad, g, w0 + W), initial=w0 + W)).astype(jnp.int32)
+    return first_bad, fin, nonfinite
+
+
+def _error_estimate(form, a, fz, zw, ew, e_before, inside, edge, chunk):
+    """The error estimate ``e_t = Ã_t e_{t-1} + r_t`` over the window; outside it ``e`` is
+    held.  The scans run over the slices in device order; a slice that does not start a
+    device's steps takes its predecessor (step ``ls - 1``) from this device, folded into
+    its first step (``Ã = 0`` there), so what enters it does not matter."""
+    r = jnp.where(jnp.isfinite(fz - zw), fz - zw, jnp.zeros((), zw.dtype))
+    carried = form.apply(a, jnp.concatenate([e_before[None], ew[:-1]], axis=0))
+    return _linear.solve(form, form.mask(a, ~inside[:, 0] | edge[:, 0]),
+                         jnp.where(inside, r + jnp.where(edge, carried, 0), ew),
+                         jnp.zeros((zw.shape[1],), zw.dtype), chunk=chunk)
+
+
+def _method_step(form, a, fz, zw, P, hold, edge, z0, chunk):
+    """One method step on the rest of the window, the accepted prefix (and all outside the
+    window, ``hold``) held fixed; a non-finite new value where ``f`` is finite becomes
+    ``f``'s."""
+    b = jnp.where(hold[:, None], zw, jnp.where(edge, fz, fz - form.apply(a, P)))
+    zn = _linear.solve(form, form.mask(a, hold | edge[:, 0]), b, z0, chunk=chunk)
+    zn = jnp.where(jnp.isfinite(zn) | ~jnp.isfinite(fz), zn, fz)
+    return jnp.where(hold[:, None], zw, zn)
+
+
 def iterate_windowed(f, z0, xs, guess, *, lin: Linearisation, window: int,
                      tol: _checks.Tolerances, max_iters: int, chunk=None):
     """``(z, iterations, residual, error, converged, reason, history)``."""
-    L, n = guess.shape                  # the local steps (all of them on one device)
-    T = _sharding.global_length(L)      # the real steps of the whole sequence
-    W = int(window)
-    Wl = min(W, L)                      # the local slice that covers this device's part
-    dtype = guess.dtype
-    rdt = jnp.finfo(dtype).dtype
+    sz = _sizes(guess.shape[0], window)
+    rdt = jnp.finfo(guess.dtype).dtype
     form = lin.form
-    base = _sharding.global_steps(L)[0]
-    idx = jnp.arange(Wl, dtype=jnp.int32)
-    zero = jnp.zeros((n,), dtype)
 
     def slice_xs(ls):
         if xs is None:
             return None
-        return jax.tree.map(lambda leaf: lax.dynamic_slice_in_dim(leaf, ls, Wl, 0), xs)
+        return jax.tree.map(lambda leaf: lax.dynamic_slice_in_dim(leaf, ls, sz.Wl, 0), xs)
 
     state0 = dict(k=jnp.asarray(0, jnp.int32), s=jnp.asarray(0, jnp.int32), z=guess,
                   e=jnp.zeros_like(guess), res=jnp.asarray(0, rdt), err=jnp.asarray(0, rdt),
                   hist=jnp.full((max_iters,), jnp.nan, rdt))
 
     def cond(s):
-        return (s["s"] < T) & (s["k"] < max_iters)
+        return (s["s"] < sz.T) & (s["k"] < max_iters)
 
     def body(s):
         start, z = s["s"], s["z"]
-        w0 = jnp.minimum(start, T - W)                  # the window [w0, w0 + W), global
-        ls = jnp.clip(w0 - base, 0, L - Wl)             # this device's slice [ls, ls + Wl)
-        g = base + ls + idx                             # its global steps
-        inside = ((g >= w0) & (g < w0 + W))[:, None]
-        zw = lax.dynamic_slice_in_dim(z, ls, Wl, 0)
-        ew = lax.dynamic_slice_in_dim(s["e"], ls, Wl, 0)
+        w0, ls, g, inside, edge = _window(sz, start)
+        zw = lax.dynamic_slice_in_dim(z, ls, sz.Wl, 0)
+        ew = lax.dynamic_slice_in_dim(s["e"], ls, sz.Wl, 0)
         before = jnp.where(ls > 0, z[jnp.maximum(ls - 1, 0)],
                            _sharding.shift(z[-1:], z0)[0])
         P = jnp.concatenate([before[None], zw[:-1]], axis=0)
         fz, a, _ = lin.evaluate(P, slice_xs(ls))
         a = form.sanitize(a)
-        bad, fin, nonfinite = _checks.step_test(zw, fz, tol.rtol, tol.atol)
-        step_bad = jnp.any(bad & inside, axis=-1) & (g >= start)
-        first_bad = _sharding.reduce_min(
-            jnp.min(jnp.where(step_bad, g, w0 + W), initial=w0 + W)).astype(jnp.int32)
+        first_bad, fin, nonfinite = _first_failing(zw, fz, tol, g, inside, start, w0, sz.W)
         final = g < first_bad                           # accepted (before or now)
         newly = final & inside[:, 0] & (g >= start)
-        # The scans run over the slices in device order; a slice that does not start a
-        # device's steps (ls > 0) takes its predecessor (step ls - 1) from this device,
-        # folded into its first step (Ã = 0 there), so what enters it does not matter.
-        edge = ((idx == 0) & (ls > 0))[:, None]
-        # the error estimate e_t = Ã_t e_{t-1} + r_t over the window; outside it e is held
-        r = jnp.where(jnp.isfinite(fz - zw), fz - zw, jnp.zeros((), dtype))
-        e_before = s["e"][jnp.maximum(ls - 1, 0)]
-        carried = form.apply(a, jnp.concatenate([e_before[None], ew[:-1]], axis=0))
-        e = _linear.solve(form, form.mask(a, ~inside[:, 0] | edge[:, 0]),
-                          jnp.where(inside, r + jnp.where(edge, carried, 0), ew), zero,
-                          chunk=chunk)
+        e = _error_estimate(form, a, fz, zw, ew, s["e"][jnp.maximum(ls - 1, 0)], inside,
+                            edge, chunk)
         res = jnp.maximum(s["res"], _sharding.reduce_max(
             jnp.max(jnp.where(newly[:, None], fin, 0), initial=0.0)))
         err = jnp.maximum(s["err"], _sharding.reduce_max(
             jnp.max(jnp.where(newly[:, None], jnp.abs(e).astype(rdt), 0), initial=0.0)))
-        # one method step on the rest of the window, the accepted prefix (and all outside
-        # the window) held fixed
-        hold = final | ~inside[:, 0]
-        b = jnp.where(hold[:, None], zw, jnp.where(edge, fz, fz - form.apply(a, P)))
-        zn = _linear.solve(form, form.mask(a, hold | edge[:, 0]), b, z0, chunk=chunk)
-        zn = jnp.where(jnp.isfinite(zn) | ~jnp.isfinite(fz), zn, fz)
-        zn = jnp.where(hold[:, None], zw, zn)
+        zn = _method_step(form, a, fz, zw, P, final | ~inside[:, 0], edge, z0, chunk)
         wres = _sharding.reduce_max(jnp.max(
             jnp.where(inside, jnp.where(nonfinite, jnp.inf, fin), 0), initial=0.0)).astype(rdt)
         return dict(k=s["k"] + 1, s=first_bad,
@@ -133,6 +173,12 @@ def iterate_windowed(f, z0, xs, guess, *, lin: Linearisation, window: int,
                     hist=s["hist"].at[s["k"]].set(wres))
 
     s = _sharding.while_loop(cond, body, state0)
+    return _outcome(f, z0, xs, tol, s, sz.T, rdt)
+
+
+def _outcome(f, z0, xs, tol, s, T: int, rdt):
+    """The result of the sweeps; when they did not converge, the residual of the whole
+    trajectory (the accepted prefix's alone says nothing of the rest)."""
     ok = s["s"] >= T
 
     def full_residual(z):

@@ -1,0 +1,177 @@
+r"""The coefficient structures of the affine scan kernels (``_scan.py``), and the scaled
+products of many coefficients.
+
+A structure is what a kernel needs of the coefficients ``A_t``:
+
+* ``apply(A, h)`` -- ``A h``, one step on a state;
+* ``lift(A)`` -- ``A`` as a scaled product (below);
+* ``mul(A, P)`` -- ``A P``, ``A`` in this representation and ``P`` a scaled product;
+* ``eye(shape, dtype)`` -- the identity factor (for padding);
+* ``scaled`` -- the structure of scaled products (the combine level's coefficients);
+* ``transpose(A)`` -- ``A^T`` (the adjoint recurrence), for single-step coefficients.
+
+``_Diag``: ``A_t = diag(a_t)`` (or ``a_t I``, broadcast); ``_Block``: ``m`` independent
+``k x k`` blocks.  Single-step coefficients stay plain arrays.
+
+Scaled products
+---------------
+Products of many coefficients (a chunk's summary) are kept *scaled*: a pair ``(M, e)``
+meaning
+
+.. math::  P = M \cdot 2^{e}
+
+with an integer exponent ``e`` per diagonal entry (per block for blocks) and ``M``
+renormalised after every product (its largest magnitude in ``[0.5, 1)``), so a product that
+overflows or underflows in floating point -- ``5^64`` in float32 -- is still exact to
+rounding, and applying it to a state the loop keeps finite (``5^64 · 1e-33``) gives a
+finite result: ``ldexp(M h, e)``.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+_HIGHEST = lax.Precision.HIGHEST
+
+
+def _ldexp(x, e):
+    """``x 2^e``, as three multiplications by powers of two computed from ``e`` alone: linear
+    in ``x`` (``jnp.ldexp`` branches on ``x``, which JAX cannot transpose), and every factor
+    finite for any ``e`` whose result is (the partial products move monotonically towards
+    it)."""
+    fi = jnp.finfo(x.dtype)
+    one = jnp.ones((), fi.dtype)
+    e1 = e // 3
+    e2 = (e - e1) // 2
+    e3 = e - e1 - e2
+    for k in (e1, e2, e3):
+        # a factor is never 0 or inf, so 0 * factor stays 0; beyond the clip the product is
+        # out of range anyway, and overflows or underflows as the true value does
+        k = jnp.clip(k, int(fi.minexp) - int(fi.nmant), int(fi.maxexp) - 1)
+        x = x * jnp.ldexp(one, k).astype(x.dtype)
+    return x
+
+
+def _exponent(mag):
+    """``e`` with ``mag = m 2^e``, ``0.5 <= m < 1`` (0 for zero and non-finite ``mag``)."""
+    _, e = jnp.frexp(jnp.where(jnp.isfinite(mag), mag, 0))
+    return e.astype(jnp.int32)
+
+
+class _DiagScaled:
+    @staticmethod
+    def apply(A, h):
+        m, e = A
+        return _ldexp(m * h, e)
+
+    @staticmethod
+    def normalise(m, e):
+        d = _exponent(jnp.abs(m))
+        return _ldexp(m, -d), e + d
+
+    @staticmethod
+    def lift(A):
+        return A
+
+    @classmethod
+    def mul(cls, A, P):
+        return cls.normalise(A[0] * P[0], A[1] + P[1])
+
+    @staticmethod
+    def eye(shape, dtype):
+        return jnp.ones(shape, dtype), jnp.zeros(shape, jnp.int32)
+
+
+class _Diag:
+    scaled = _DiagScaled
+
+    @staticmethod
+    def apply(A, h):
+        return A * h
+
+    @staticmethod
+    def lift(A):
+        return _DiagScaled.normalise(A, jnp.zeros(A.shape, jnp.int32))
+
+    @staticmethod
+    def mul(A, P):
+        return _DiagScaled.normalise(A * P[0], P[1])
+
+    @staticmethod
+    def eye(shape, dtype):
+        return jnp.ones(shape, dtype)
+
+    @staticmethod
+    def transpose(A):
+        return A
+
+
+_DiagScaled.scaled = _DiagScaled
+
+
+def _matvec(A, h):
+    # One einsum at HIGHEST precision (exact float32 on every backend, no TF32/bf16 passes),
+    # as in _coefficients.py.  Measured on the 2-core CPU (k = 32, T = 4096, float32): inside
+    # the sequential loop 3.7 ms against 5.3 ms for a broadcast-multiply-sum, batched over
+    # all steps 2.6 ms against 96 ms.
+    return jnp.einsum("...ij,...j->...i", A, h, precision=_HIGHEST)
+
+
+def _matmul(A, P):
+    return jnp.einsum("...ij,...jk->...ik", A, P, precision=_HIGHEST)
+
+
+class _BlockScaled:
+    @staticmethod
+    def apply(A, h):
+        m, e = A
+        return _ldexp(_matvec(m, h), e[..., None])
+
+    @staticmethod
+    def normalise(m, e):
+        d = _exponent(jnp.max(jnp.abs(m), axis=(-2, -1)))
+        return _ldexp(m, -d[..., None, None]), e + d
+
+    @staticmethod
+    def lift(A):
+        return A
+
+    @classmethod
+    def mul(cls, A, P):
+        return cls.normalise(_matmul(A[0], P[0]), A[1] + P[1])
+
+    @staticmethod
+    def eye(shape, dtype):
+        return (jnp.broadcast_to(jnp.eye(shape[-1], dtype=dtype), shape),
+                jnp.zeros(shape[:-2], jnp.int32))
+
+
+class _Block:
+    scaled = _BlockScaled
+
+    @staticmethod
+    def apply(A, h):
+        return _matvec(A, h)
+
+    @staticmethod
+    def lift(A):
+        return _BlockScaled.normalise(A, jnp.zeros(A.shape[:-2], jnp.int32))
+
+    @staticmethod
+    def mul(A, P):
+        return _BlockScaled.normalise(_matmul(A, P[0]), P[1])
+
+    @staticmethod
+    def eye(shape, dtype):
+        return jnp.broadcast_to(jnp.eye(shape[-1], dtype=dtype), shape)
+
+    @staticmethod
+    def transpose(A):
+        return jnp.swapaxes(A, -1, -2)
+
+
+_BlockScaled.scaled = _BlockScaled
+
+
+__all__ = ["_Diag", "_Block", "_DiagScaled", "_BlockScaled", "_ldexp", "_exponent"]
