@@ -25,3 +25,18 @@ settings.load_profile(os.environ.get("RECUR_HYPOTHESIS_PROFILE", "ci"))
 def rng():
     import numpy as np
     return np.random.default_rng(0)
+
+
+# Long tests that mostly wait on subprocesses go first, so that the two xdist workers overlap
+# them with everything else instead of ending the run with them.
+_FIRST = ("tests/test_example_scripts.py", "tests/test_sharding.py::test_cases_on_four",
+          "tests/test_multiprocess.py", "tests/test_cli.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        for i, prefix in enumerate(_FIRST):
+            if item.nodeid.startswith(prefix):
+                return i
+        return len(_FIRST)
+    items.sort(key=rank)  # stable: the order within each file is kept
