@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _baselines as B
 from . import _peers
 from ._common import (compare, finish_workload, loadavg, max_abs_err, print_records,
                       time_jitted, timing_fields, write_json)

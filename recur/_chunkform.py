@@ -377,7 +377,6 @@ class ChunkForm:
 
     def readout_value(self, r: Readout, S, q):
         """``Sᵀ q`` (``S`` canonical ``(b, K, V)``, ``q`` ``(b, K)``) in ``r.var``'s axes."""
-        lf = self.leaves[r.leaf]
         return self.arrange(r, jnp.einsum("bkv,bk->bv", S, q))
 
     def arrange(self, r: Readout, val, lead: int = 0):

@@ -337,7 +337,6 @@ class Interpreter:
         """``(out levels, action)``; action: None, ``("zero", i)`` (offset point: operand
         ``i``), ``("one", i)`` (normalisation point), ``("call", body)``."""
         name = eqn.primitive.name
-        n_out = len(eqn.outvars)
         alg = self.alg
         dep = [i for i, lv in enumerate(ins) if lv is not None]
         lins = [i for i in dep if isinstance(ins[i], Lin)]

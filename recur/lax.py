@@ -32,8 +32,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import jax
-
 from . import _api, _trace_cache
 from ._info import Info
 from ._plan import Plan

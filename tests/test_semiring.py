@@ -117,7 +117,7 @@ def test_every_algebra_is_detected_and_probed(step):
     assert stage.method == "semiring"
     name = S.ALGEBRAS[ALGEBRA[step]].name
     assert name.split(" ")[0] in stage.why and "confirmed by value probes" in stage.evidence
-    assert f"stage 0: " in plan.explain_passes().split("== semiring ==")[1]
+    assert "stage 0: " in plan.explain_passes().split("== semiring ==")[1]
     # auto considers it (on CPU the loop usually wins) and says so
     auto = recur.plan(step, h0, xs, p)
     names = [m for m, _ in auto.stages[0].rejected] + [auto.stages[0].method]

@@ -34,7 +34,6 @@ runtime uses -- must give the body's carry and outputs.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -33,7 +33,6 @@ the user-facing graph.
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import scipy.sparse as sp

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._dtypes import dtype_name, is_inexact, is_key, is_numeric
+from .._dtypes import dtype_name, is_key, is_numeric
 from .._errors import StepFunctionError
 from .. import _jax_adapter as jx
 from .._ir import LeafInfo, Outputs, StepIR, call_step

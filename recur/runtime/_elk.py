@@ -55,7 +55,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .. import _methods
-from .._coefficients import BlockForm, DiagForm, ZeroForm, permute_in, permute_out
+from .._coefficients import DiagForm, ZeroForm, permute_in, permute_out
 from . import _checks, _linear, _sharding
 from ._iterative import MIN_ITERS_BEFORE_STOP
 from ._jacobian import Linearisation

@@ -87,8 +87,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .. import _methods
-from .._coefficients import BlockForm, DiagForm, Form, ZeroForm, jacobian_form, \
-    structure_tangents
+from .._coefficients import DiagForm, ZeroForm, jacobian_form, structure_tangents
 from .._errors import PlanError, StepFunctionError
 from .._ir import Structure
 from . import _checks, _linear, _sharding

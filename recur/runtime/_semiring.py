@@ -55,7 +55,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from .._coefficients import permute_in, permute_out
