@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -30,17 +29,14 @@ from recur._coefficients import jacobian_form
 from recur.runtime import _linear, _stages
 from recur._ir import jaxpr_step
 
-from ._common import device_info, loadavg, write_json
+from ._common import _prepare, _time_interleaved, device_info, loadavg, write_json
 
 
-def _median_time(fn, args, rounds: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _median_times(pairs, rounds: int) -> list[float]:
+    """Median seconds of each ``(fn, args)``, timed round-robin (``_common``)."""
+    prepared = [_prepare(fn, args, rounds) for fn, args in pairs]
+    _time_interleaved(prepared)
+    return [statistics.median(p["times"]) for p in prepared]
 
 
 def gru_problem(D: int, T: int):
@@ -68,8 +64,7 @@ def certification(D: int, T: int, rounds: int) -> dict:
         jnp.full((T, D), 0.5, jnp.float32)
     r = jnp.ones((T, D), jnp.float32)
     scan = jax.jit(lambda a, r: _linear.solve(form, a, r, jnp.zeros(D, jnp.float32)))
-    t_solve = _median_time(solve, (h0, xs, p), rounds)
-    t_scan = _median_time(scan, (a, r), rounds)
+    t_solve, t_scan = _median_times([(solve, (h0, xs, p)), (scan, (a, r))], rounds)
     return {"workload": "gru-certification", "D": D, "T": T,
             "iterations": int(info.iterations), "solve_s": t_solve, "one_scan_s": t_scan,
             "fraction": t_scan / t_solve}
@@ -101,8 +96,7 @@ def whole_step(T: int, rounds: int) -> dict:
     check = jax.jit(lambda hs, h0, ys: _stages.whole_step_check(
         ir, jaxpr_step(ir, ir.jaxpr.consts), jax.tree.leaves(hs), jax.tree.leaves(h0),
         jax.tree.leaves(ys), [], {}))
-    t_plan = _median_time(run, (h0, ys), rounds)
-    t_check = _median_time(check, (hs, h0, ys), rounds)
+    t_plan, t_check = _median_times([(run, (h0, ys)), (check, (hs, h0, ys))], rounds)
     return {"workload": "kalman-whole-step-check", "T": T, "methods": methods,
             "converged": np.asarray(info.converged).tolist(), "plan_s": t_plan,
             "check_s": t_check, "fraction": t_check / t_plan}
