@@ -112,6 +112,35 @@ def sub_jaxprs(eqn: JaxprEqn) -> list[ClosedJaxpr]:
     return out
 
 
+# Primitives that call a jaxpr with their own operands and results (the parameter holding it
+# is one of ``_CALL_PARAMS``), as opposed to primitives that merely hold one.
+CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "remat", "remat2", "checkpoint",
+                   "named_call", "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"})
+_CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+
+
+def _same_avals(inner, outer) -> bool:
+    return len(inner) == len(outer) and all(
+        tuple(a.aval.shape) == tuple(b.aval.shape) and a.aval.dtype == b.aval.dtype
+        for a, b in zip(inner, outer))
+
+
+def call_body(eqn: JaxprEqn) -> ClosedJaxpr | None:
+    """The body of a call (``jit``, ``checkpoint``, custom derivative calls) whose inputs and
+    outputs are the call's own, else None.  A primitive that merely holds a jaxpr — a
+    reducer, a scatter's combiner, a per-shard body — is not a call."""
+    if eqn.primitive.name not in CALLS:
+        return None
+    for key in _CALL_PARAMS:
+        sub = eqn.params.get(key)
+        if sub is not None and is_jaxpr(sub):
+            closed = as_closed(sub)
+            if _same_avals(closed.jaxpr.invars, eqn.invars) and \
+                    _same_avals(closed.jaxpr.outvars, eqn.outvars):
+                return closed
+    return None
+
+
 def eqn_source(eqn: JaxprEqn) -> str:
     """``file:line (function)`` of the user code that emitted ``eqn``, or ``""``."""
     try:
@@ -134,6 +163,8 @@ def bind_eqn(eqn: JaxprEqn, values: list[Any]) -> list[Any]:
 
 
 __all__ = [
+    "CALLS",
+    "call_body",
     "ClosedJaxpr",
     "DropVar",
     "Jaxpr",

@@ -255,27 +255,10 @@ _MOVEMENT = frozenset(
     "reduce_precision".split())
 _IDENTITY = frozenset({"optimization_barrier", "pvary", "sharding_constraint", "reshard",
                        "layout_constraint", "with_memory_space_constraint"})
-_CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "remat", "remat2", "checkpoint",
-                    "named_call", "custom_jvp_call", "custom_vjp_call",
-                    "custom_vjp_call_jaxpr"})
-_CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 _INEXACT_KINDS = "fc"
 _TOUCH = {"lse": frozenset({"reduce_max", "exp", "log", "reduce_sum", "custom_jvp_call"}),
           "max": frozenset({"max", "reduce_max"}), "min": frozenset({"min", "reduce_min"}),
           "sum": frozenset({"div", "reduce_sum", "dot_general"})}
-
-
-def _body(eqn):
-    if eqn.primitive.name not in _CALLS:
-        return None
-    for key in _CALL_PARAMS:
-        sub = eqn.params.get(key)
-        if sub is not None and jx.is_jaxpr(sub):
-            closed = jx.as_closed(sub)
-            if len(closed.jaxpr.invars) == len(eqn.invars) and \
-                    len(closed.jaxpr.outvars) == len(eqn.outvars):
-                return closed
-    return None
 
 
 def _shape(atom) -> tuple:
@@ -355,7 +338,7 @@ class Interpreter:
         if name == "custom_jvp_call" and eqn.params.get("name") == "logaddexp" and \
                 alg.plus == "lse":
             return self._oplus(eqn, ins, dep)
-        body = _body(eqn)
+        body = jx.call_body(eqn)
         if body is not None:
             return None, ("call", body)
 

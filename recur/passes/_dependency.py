@@ -89,9 +89,7 @@ WINDOWS = frozenset({"reduce_window_sum", "reduce_window_max", "reduce_window_mi
                      "reduce_window", "select_and_gather_add"})
 SCATTERS = frozenset({"scatter", "scatter-add", "scatter-sub", "scatter-mul", "scatter-min",
                       "scatter-max"})
-CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "remat", "remat2", "checkpoint",
-                   "named_call", "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"})
-CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+call_body = jx.call_body   # re-exported: the other passes read calls through this module
 
 
 class _TooBig(Exception):
@@ -524,27 +522,6 @@ def _conv(eqn, ins, known, n):
     if ins[1] is not None:
         out |= _union_vector(ins[1:], n)
     return [out]
-
-
-def call_body(eqn):
-    """The body of a call (``jit``, ``checkpoint``, custom derivative calls) whose inputs and
-    outputs are the call's own, else None.  A primitive that merely holds a jaxpr — a
-    reducer, a scatter's combiner, a per-shard body — is not a call."""
-    if eqn.primitive.name not in CALLS:
-        return None
-    for key in CALL_PARAMS:
-        sub = eqn.params.get(key)
-        if sub is not None and jx.is_jaxpr(sub):
-            closed = jx.as_closed(sub)
-            if _same_avals(closed.jaxpr.invars, eqn.invars) and \
-                    _same_avals(closed.jaxpr.outvars, eqn.outvars):
-                return closed
-    return None
-
-
-def _same_avals(inner, outer) -> bool:
-    return len(inner) == len(outer) and all(
-        _shape(a) == _shape(b) and a.aval.dtype == b.aval.dtype for a, b in zip(inner, outer))
 
 
 def _cond(eqn, ins, known, n):
