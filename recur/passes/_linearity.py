@@ -47,9 +47,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import _jax_adapter as jx
-from ._dependency import (CUMULATIVE, GATHERING, MOVEMENT, PASS_THROUGH, bind_indices,
-                          call_body)
 from .._dtypes import is_complex, is_inexact
+from ._dependency_movement import GATHERING, MOVEMENT, PASS_THROUGH
+from ._dependency_reductions import CUMULATIVE
+from ._numpy_primitives import bind_indices
 from ._trace import StepIR
 
 FREE, LINEAR, AFFINE, NONLINEAR = 0, 1, 2, 3
@@ -280,7 +281,7 @@ def _rule(eqn, ins: list[Level]) -> list[Level]:
         return [_nonlinear(eqn, ins, f"a {name.replace('_call', '').replace('_jaxpr', '')} "
                                      f"function{' ' + repr(fname) if fname else ''} (its "
                                      "derivative is a user rule, not the function's)")] * n_out
-    body = call_body(eqn)
+    body = jx.call_body(eqn)
     if body is not None:
         return _call(eqn, body, ins)
     if name in CUMULATIVE or name.startswith("reduce") or name in ("argmax", "argmin"):

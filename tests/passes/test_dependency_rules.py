@@ -614,12 +614,12 @@ def test_unknown_primitive_is_dense():
 @pytest.mark.parametrize("shape", [(2, 3), (3,)])
 def test_rules_that_fail_fall_back_to_dense(shape, monkeypatch):
     """A precise rule that raises gives the dense answer, never a crash or a guess."""
-    from recur.passes import _dependency
+    from recur.passes import _dependency_movement
 
     def broken(*args, **kwargs):
         raise RuntimeError("planted")
 
-    monkeypatch.setattr(_dependency, "_movement", broken)
+    monkeypatch.setattr(_dependency_movement, "movement", broken)
     case = Case(lambda a: jnp.transpose(a) if a.ndim == 2 else a[::-1], [shape])
     _dense_rows(case, check(case, exact=False))
 
