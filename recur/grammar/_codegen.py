@@ -27,7 +27,8 @@ from . import _ast as A
 from ._check import Checked
 from ._functions import FUNCTIONS, REDUCTIONS, is_reduction
 from ._structure import const_value, nonlinearity_origin
-from ._symbolic import Symbolic, _subs_str
+from ._symbolic import Symbolic
+from ._sympy_print import subs_str
 
 __all__ = ["generate", "SourceMap"]
 
@@ -76,7 +77,7 @@ def _float_lit(v: float) -> _Frag:
 
 
 def _subs_code(spec):
-    return _subs_str(spec) if spec else "()"
+    return subs_str(spec) if spec else "()"
 
 
 # ------------------------------------------------------------------------------ AST -> code
