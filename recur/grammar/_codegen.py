@@ -50,25 +50,11 @@ def _doc_escape(text: str) -> str:
 
 def names_used(e, out: set):
     """Add the names (``h'`` for a new state) an expression reads to ``out``."""
-    stack = [e]
-    while stack:
-        x = stack.pop()
-        if x is None:
-            continue
+    for x in A.walk(e, subscripts=False):
         if isinstance(x, A.Name):
             out.add(x.name)
         elif isinstance(x, A.Primed):
             out.add(x.name + "'")
-        elif isinstance(x, A.UnaryOp):
-            stack.append(x.operand)
-        elif isinstance(x, A.BinOp):
-            stack += [x.left, x.right]
-        elif isinstance(x, A.Transpose):
-            stack.append(x.operand)
-        elif isinstance(x, A.Index):
-            stack.append(x.operand)
-        elif isinstance(x, A.Call):
-            stack += list(x.args) + [k.value for k in x.kwargs]
     return out
 
 

@@ -170,8 +170,8 @@ def order_locals(scope: Scope, types: Inference, defines):
         graph.add_node(d.name)
         order_index[d.name] = i
     for d in defines:
-        for ref in _names_in(d.value):
-            if scope.kinds.get(ref.name) == "local":
+        for ref in A.walk(d.value):
+            if isinstance(ref, A.Name) and scope.kinds.get(ref.name) == "local":
                 graph.add_edge(ref.name, d.name)
     try:
         order = list(nx.lexicographical_topological_sort(graph, key=lambda n: order_index[n]))
@@ -186,32 +186,6 @@ def order_locals(scope: Scope, types: Inference, defines):
         scope.name_shapes[name] = shape
         local_shapes[name] = shape
     return order, by_name, local_shapes
-
-
-def _names_in(expr):
-    """All ``Name`` nodes of an expression (iteratively)."""
-    out = []
-    stack = [expr]
-    while stack:
-        e = stack.pop()
-        if e is None:
-            continue
-        if isinstance(e, A.Name):
-            out.append(e)
-        elif isinstance(e, A.UnaryOp):
-            stack.append(e.operand)
-        elif isinstance(e, A.BinOp):
-            stack += [e.left, e.right]
-        elif isinstance(e, A.Transpose):
-            stack.append(e.operand)
-        elif isinstance(e, A.Index):
-            stack.append(e.operand)
-            stack += list(e.subscripts)
-        elif isinstance(e, A.Slice):
-            stack += [e.start, e.stop, e.step]
-        elif isinstance(e, A.Call):
-            stack += list(e.args) + [k.value for k in e.kwargs]
-    return out
 
 
 def _cycle_error(scope: Scope, graph, defines, order_index):

@@ -17,6 +17,7 @@ from typing import Optional
 
 import sympy as sp
 
+from ._structure import classify
 from ._sympy_expr import (BILINEAR_OPS, ELEMENTWISE_OPS, LINEAR_OPS, data_args, fname,
                           tree_size)
 from ._sympy_print import dsl_str
@@ -135,14 +136,6 @@ def _try_cancel(e):
 _RANK = {"affine": 0, "diagonal": 1, "nonlinear": 2}
 
 
-def _sympy_kind(info: Info, state: str) -> str:
-    if info.lin:
-        return "affine"
-    if info.deps <= {state} and info.elem:
-        return "diagonal"
-    return "nonlinear"
-
-
 def simplification_hint(state: str, kind: str, expr, stage, subscripts) -> str:
     """A note when sympy finds the update, simplified, of a simpler kind than as written."""
     if kind == "affine":
@@ -153,9 +146,9 @@ def simplification_hint(state: str, kind: str, expr, stage, subscripts) -> str:
         cancelled = _try_cancel(expr)
         if cancelled is not None and cancelled != expr:
             info2 = analyze(cancelled, states)
-            if _RANK[_sympy_kind(info2, state)] < _RANK[_sympy_kind(info, state)]:
+            if _RANK[classify(info2, state)] < _RANK[classify(info, state)]:
                 expr, info = cancelled, info2
-    simpler = _sympy_kind(info, state)
+    simpler = classify(info, state)
     if _RANK[simpler] >= _RANK[kind]:
         return ""
     return (f"; sympy simplifies {state}' to {dsl_str(expr, subscripts, 80)}, which is "
