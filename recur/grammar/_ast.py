@@ -12,7 +12,7 @@ from typing import Optional, Union
 __all__ = [
     "Node", "Expr", "Number", "Name", "Primed", "UnaryOp", "BinOp", "Transpose", "Slice",
     "Index", "Keyword", "Call", "Stmt", "RecurrenceStmt", "DimItem", "DimStmt", "VarDecl",
-    "DeclStmt", "Define", "Update", "Output", "Recurrence", "Program", "unparse",
+    "DeclStmt", "Define", "Update", "Output", "Recurrence", "Program", "unparse", "walk",
 ]
 
 
@@ -166,6 +166,29 @@ class Program(Node):
 
 
 # --------------------------------------------------------------------------------- unparse
+
+def walk(expr, subscripts: bool = True):
+    """Every node of an expression, depth first (the last child first), ``expr`` included;
+    with ``subscripts=False``, not what stands inside ``[...]``."""
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        if e is None:
+            continue
+        yield e
+        if isinstance(e, (UnaryOp, Transpose)):
+            stack.append(e.operand)
+        elif isinstance(e, BinOp):
+            stack += [e.left, e.right]
+        elif isinstance(e, Index):
+            stack.append(e.operand)
+            if subscripts:
+                stack += list(e.subscripts)
+        elif isinstance(e, Slice):
+            stack += [e.start, e.stop, e.step]
+        elif isinstance(e, Call):
+            stack += list(e.args) + [k.value for k in e.kwargs]
+
 
 _PREC = {"or": 1, "and": 2, "not": 3, "<": 4, "<=": 4, ">": 4, ">=": 4, "==": 4, "!=": 4,
          "+": 5, "-": 5, "*": 6, "/": 6, "@": 6, "neg": 7, "**": 8}

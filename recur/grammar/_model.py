@@ -10,9 +10,10 @@ from typing import Any, Callable, Optional
 from .._errors import DSLError
 from . import _ast as A
 from ._check import check
-from ._codegen import SourceMap, generate
+from ._codegen import generate, names_used
 from ._diag import dsl_error
 from ._parser import parse
+from ._source_map import SourceMap
 from ._symbolic import build_symbolic
 
 __all__ = ["RecModel", "load_model", "compile_source", "recurrence_names"]
@@ -304,10 +305,9 @@ def load_model(text, *, filename: Optional[str] = None, name: Optional[str] = No
         source, source_map = generate(chk, sym, dtype=dt)
         ns, code_file = _exec_module(source, chk.name)
         init_params = set()
-        from ._codegen import _names_used
         for v in chk.state_inits.values():
             if v is not None:
-                _names_used(v, init_params)
+                names_used(v, init_params)
         model = RecModel(
             name=chk.name, dims=dict(chk.dims), states=dict(chk.states),
             inputs=dict(chk.inputs), params=dict(chk.params),

@@ -280,37 +280,10 @@ def parse(text, filename: Optional[str] = None) -> A.Program:
     except _NodeError as e:
         raise syntax_error(e.message, text, filename, e.line, e.column) from None
     except UnexpectedCharacters as e:
-        ch = text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(text) else ""
-        if ch in "'\"":
-            msg = f"unexpected {ch!r}: only a state update may be written NAME' = ..."
-        elif not ch.isascii():
-            msg = (f"unexpected character {ch!r} (U+{ord(ch):04X}): names use ASCII letters, "
-                   "digits and '_'")
-        elif not ch.isprintable():
-            msg = f"unexpected character {ch!r}"
-        elif ch == ".":
-            msg = "unexpected character '.' (a transpose is written x.T)"
-        else:
-            msg = f"unexpected character '{ch}'"
+        msg = _unexpected_character(text, e.pos_in_stream)
         raise syntax_error(msg, text, filename, e.line, e.column) from None
     except UnexpectedToken as e:
-        tok = e.token
-        if tok.type == "$END":
-            line, col = _end_position(text)
-        else:
-            line, col = tok.line, tok.column
-        expected = set(e.expected)
-        try:
-            accepted = e.interactive_parser.accepts()
-            if accepted:
-                expected = set(accepted)
-        except Exception:  # noqa: BLE001 - the plain expected set is a fine fallback
-            pass
-        if tok.type == "COMP" and "COMP" not in expected:
-            msg = ("comparisons do not chain: write (a < b) and (b < c), "
-                   f"found {_found_words(tok)}")
-        else:
-            msg = f"expected {_expected_words(expected)}, found {_found_words(tok)}"
+        msg, line, col = _unexpected_token(text, e)
         raise syntax_error(msg, text, filename, line, col) from None
     except (UnexpectedInput, LarkError) as e:
         line, col = getattr(e, "line", None), getattr(e, "column", None)
@@ -319,7 +292,48 @@ def parse(text, filename: Optional[str] = None) -> A.Program:
                            col if isinstance(col, int) and col > 0 else None) from None
     except RecursionError:
         raise syntax_error("the text is nested too deeply", text, filename) from None
+    return A.Program(_recurrences(stmts, text, filename), text=text, filename=filename,
+                     line=1, column=1)
 
+
+def _unexpected_character(text: str, pos: int) -> str:
+    ch = text[pos] if 0 <= pos < len(text) else ""
+    if ch in "'\"":
+        return f"unexpected {ch!r}: only a state update may be written NAME' = ..."
+    if not ch.isascii():
+        return (f"unexpected character {ch!r} (U+{ord(ch):04X}): names use ASCII letters, "
+                "digits and '_'")
+    if not ch.isprintable():
+        return f"unexpected character {ch!r}"
+    if ch == ".":
+        return "unexpected character '.' (a transpose is written x.T)"
+    return f"unexpected character '{ch}'"
+
+
+def _unexpected_token(text: str, e: UnexpectedToken):
+    """``(message, line, column)`` for a token the grammar does not expect there."""
+    tok = e.token
+    if tok.type == "$END":
+        line, col = _end_position(text)
+    else:
+        line, col = tok.line, tok.column
+    expected = set(e.expected)
+    try:
+        accepted = e.interactive_parser.accepts()
+        if accepted:
+            expected = set(accepted)
+    except Exception:  # noqa: BLE001 - the plain expected set is a fine fallback
+        pass
+    if tok.type == "COMP" and "COMP" not in expected:
+        msg = ("comparisons do not chain: write (a < b) and (b < c), "
+               f"found {_found_words(tok)}")
+    else:
+        msg = f"expected {_expected_words(expected)}, found {_found_words(tok)}"
+    return msg, line, col
+
+
+def _recurrences(stmts, text, filename) -> tuple:
+    """The statements grouped by the ``recurrence NAME`` line that opens each group."""
     recurrences = []
     current = None
     body: list = []
@@ -337,4 +351,4 @@ def parse(text, filename: Optional[str] = None) -> A.Program:
     if current is not None:
         recurrences.append(A.Recurrence(current.name, tuple(body), line=current.line,
                                         column=current.column))
-    return A.Program(tuple(recurrences), text=text, filename=filename, line=1, column=1)
+    return tuple(recurrences)
