@@ -250,7 +250,7 @@ class StageData:
     elements: np.ndarray
     structure: Structure
     exact: bool = False
-    semiring: Any = None  # a ``_semirings.Claim`` when the stage is linear in a semiring
+    semiring: Any = None  # a ``_semiring_analysis.Claim``: the stage is linear in a semiring
 
     def key(self) -> tuple:
         return (self.elements.tobytes(), self.structure.key(), self.exact, self.semiring)

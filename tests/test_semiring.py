@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import recur
-from recur import _semirings as S
+from recur._semiring_algebra import ALGEBRAS
+from recur._semiring_analysis import Claim
 from recur.passes._semiring import analyse_semiring, verify_semiring
 from recur.passes._structure import analyse_structure
 
@@ -115,7 +116,7 @@ def test_every_algebra_is_detected_and_probed(step):
     plan = recur.plan(step, h0, xs, p, method="semiring")
     (stage,) = plan.stages
     assert stage.method == "semiring"
-    name = S.ALGEBRAS[ALGEBRA[step]].name
+    name = ALGEBRAS[ALGEBRA[step]].name
     assert name.split(" ")[0] in stage.why and "confirmed by value probes" in stage.evidence
     assert "stage 0: " in plan.explain_passes().split("== semiring ==")[1]
     # auto considers it (on CPU the loop usually wins) and says so
@@ -143,7 +144,7 @@ def test_dsl_examples_are_detected(path, key):
     rec = recur.load(EXAMPLES / path)
     plan = rec.plan(length=12, method="semiring")
     assert [st.method for st in plan.stages] == ["semiring"]
-    assert S.ALGEBRAS[key].name in plan.stages[0].why
+    assert ALGEBRAS[key].name in plan.stages[0].why
 
 
 def claim_of(step, h0, xs, p):
@@ -196,9 +197,9 @@ def test_probe_refutes_a_wrong_claim():
     elements = np.arange(3)
     structure = analyse_structure(np.ones((3, 3), bool))
     assert analyse_semiring(ir, elements, structure).claim.algebra == "logsumexp"
-    ok, _ = verify_semiring(ir, elements, structure, S.Claim("logsumexp"))
+    ok, _ = verify_semiring(ir, elements, structure, Claim("logsumexp"))
     assert ok is True
-    bad, notes = verify_semiring(ir, elements, structure, S.Claim("max-plus"))
+    bad, notes = verify_semiring(ir, elements, structure, Claim("max-plus"))
     assert bad is False and "failed a value probe" in notes[0]
 
 

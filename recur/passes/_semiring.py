@@ -1,7 +1,7 @@
 r"""Semiring pass: is a stage that is not affine linear over a semiring?
 
-For each algebra of ``recur/_semirings.py`` in turn (log-sum-exp/+, max/+, min/+, max/×,
-min/×, normalised +/×) the step's jaxpr is read structurally (``_semirings.analyse``):
+For each algebra of ``recur/_semiring_algebra.py`` in turn (log-sum-exp/+, max/+, min/+, max/×,
+min/×, normalised +/×) the step's jaxpr is read structurally (``_semiring_analysis.analyse``):
 which values are ``A ⊗ h (⊕ b)`` in that algebra, through which primitives; the first
 algebra in which every new state of the stage is linear, affine or normalised linear is the
 claim.  A stage that qualifies in none says what broke it in the algebra it came closest
@@ -15,7 +15,7 @@ Verification
 ------------
 A claim is used only once value probes confirm it, at the actual values when they are
 known and at random points (the points of ``_verify.py``), with the coefficients extracted
-by the runtime's own code (``_semirings.extract``):
+by the runtime's own code (``_semiring_coefficients.extract``):
 
 * the extracted map reproduces the step: ``f(u) = A ⊗ u ⊕ b``;
 * for the ``+`` algebras, linearity in the algebra itself:
@@ -37,9 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _semirings as S
 from .._dtypes import is_complex, is_inexact
 from .._ir import ElementView, StepIR, Structure
+from .._semiring_algebra import ALGEBRAS
+from .._semiring_analysis import Claim, analyse, evaluator
+from .._semiring_coefficients import apply_map, block_layout, extract
 from ._verify import Values, _close, _points, _Probe
 
 
@@ -47,7 +49,7 @@ from ._verify import Values, _close, _points, _Probe
 class SemiringFacts:
     """``claim`` (or None) and, when None, ``why`` not (``algebra``: the closest one)."""
 
-    claim: S.Claim | None
+    claim: Claim | None
     why: str = ""
     algebra: str = ""
     checked: bool | None = None  # the value probes: True, False, None (inconclusive)
@@ -59,7 +61,7 @@ class SemiringFacts:
                      None: "not confirmed by a value probe"}[self.checked]
             return f"{self.claim.describe()} ({probe})"
         if self.algebra:
-            return f"not linear over {S.ALGEBRAS[self.algebra].name}: {self.why}"
+            return f"not linear over {ALGEBRAS[self.algebra].name}: {self.why}"
         return self.why
 
     @property
@@ -90,8 +92,8 @@ def analyse_semiring(ir: StepIR, elements: np.ndarray, structure: Structure) -> 
     n_other = len(ir.inputs) + len(ir.params)
     best = ("", "", (-1, -1))
     diagonal = structure.jacobian in ("diagonal", "zero")
-    for alg in S.ALGEBRAS.values():
-        claim, why, progress = S.analyse(ir.jaxpr, len(ir.state), leaves, n_other, alg)
+    for alg in ALGEBRAS.values():
+        claim, why, progress = analyse(ir.jaxpr, len(ir.state), leaves, n_other, alg)
         if claim is not None and not alg.dense and not diagonal:
             claim, why = None, (f"with ⊗ = × a {structure.jacobian} coefficient matrix is "
                                 "linear only for nonnegative states (elementwise steps only)")
@@ -107,12 +109,12 @@ def analyse_semiring(ir: StepIR, elements: np.ndarray, structure: Structure) -> 
 
 # ----------------------------------------------------------------------------- probes
 
-def _modes(ir: StepIR, probe: _Probe, view: ElementView, leaves, claim: S.Claim):
+def _modes(ir: StepIR, probe: _Probe, view: ElementView, leaves, claim: Claim):
     closed = probe.step.closed
     n_other = len(ir.inputs) + len(ir.params)
 
     def flat(mode):
-        run = S.evaluator(closed, len(ir.state), leaves, n_other, claim, mode)
+        run = evaluator(closed, len(ir.state), leaves, n_other, claim, mode)
 
         def f(z, _x):
             out, coefs = run(view.scatter(z, probe.h), probe.x, probe.p)
@@ -125,10 +127,10 @@ def _modes(ir: StepIR, probe: _Probe, view: ElementView, leaves, claim: S.Claim)
 def _blocks_of(structure: Structure, n: int) -> np.ndarray:
     if structure.jacobian in ("diagonal", "zero"):
         return np.arange(n)[:, None]
-    return S.block_layout(structure, n)
+    return block_layout(structure, n)
 
 
-def verify_semiring(ir: StepIR, elements: np.ndarray, structure: Structure, claim: S.Claim,
+def verify_semiring(ir: StepIR, elements: np.ndarray, structure: Structure, claim: Claim,
                     values: Values | None = None, seed: int = 0,
                     needed: int = 2) -> tuple[bool | None, tuple[str, ...]]:
     """``(confirmed, notes)`` for ``claim`` (module docstring)."""
@@ -154,7 +156,7 @@ def verify_semiring(ir: StepIR, elements: np.ndarray, structure: Structure, clai
             probe.at(h, x, p)
             f_lin, f_off = _modes(ir, probe, view, leaves, claim)
             try:
-                A, b, _ = S.extract(f_lin, f_off, None, n, dtype, structure, claim)
+                A, b, _ = extract(f_lin, f_off, None, n, dtype, structure, claim)
                 checks = _checks(alg, claim, probe, A, b, u, v, structure, n, blocks, rng,
                                  dtype, tol)
             except Exception as exc:  # noqa: BLE001 - a probe that cannot run decides nothing
@@ -187,7 +189,7 @@ def _checks(alg, claim, probe, A, b, u, v, structure, n, blocks, rng, dtype, tol
 
     out = []
     fu = probe(u)
-    Au = S.apply_map(alg, A, u, structure, n)
+    Au = apply_map(alg, A, u, structure, n)
     if not claim.normalised:
         out.append(("f(u) = A ⊗ u ⊕ b", close(fu, Au if b is None else alg.oplus(Au, b))))
         if alg.times == "add":

@@ -1,6 +1,6 @@
 r"""The ``semiring`` method: an exact associative scan in the stage's own algebra.
 
-For a stage that is linear over a semiring (``recur/_semirings.py``; the pass is
+For a stage that is linear over a semiring (``recur/_semiring_algebra.py``; the pass is
 ``passes/_semiring.py``), ``z_t = A_t ⊗ z_{t-1} ⊕ b_t``, and the trajectory is the prefix
 "sum" of the affine maps ``(A_t, b_t)`` under
 
@@ -60,7 +60,9 @@ from jax import lax
 from .._coefficients import permute_in, permute_out
 from .._errors import PlanError
 from .._ir import Structure
-from .._semirings import Algebra, Claim, block_layout, extract
+from .._semiring_algebra import Algebra
+from .._semiring_analysis import Claim
+from .._semiring_coefficients import block_layout, extract
 from . import _checks, _sharding
 from ._chunk_policy import _resolve_chunk, _unroll
 from ._iterative import _from_aux, _stats_aux, tangent_solve
@@ -207,8 +209,8 @@ def sharded_kernel(lay: _Layout, a, b, h0, chunk):
 
 def coefficients(f_lin: Flat, f_off: Flat | None, xs, n: int, dtype, structure: Structure,
                  claim: Claim, length: int):
-    """Per step (``_semirings.extract``): ``A_t``, ``b_t`` (None for a linear stage) and the
-    ``×`` coefficients that must be ``≥ 0``, each with a leading axis ``T``."""
+    """Per step (``_semiring_coefficients.extract``): ``A_t``, ``b_t`` (None for a linear
+    stage) and the ``×`` coefficients that must be ``≥ 0``, each with a leading axis ``T``."""
     def one(x):
         return extract(f_lin, f_off, x, n, dtype, structure, claim)
 

@@ -137,9 +137,9 @@ class StageRun:
 
     def semiring_modes(self, step, p):
         """The stage's step in the semiring's ``"linear"`` and ``"offset"`` modes
-        (``_semirings.evaluator``) as ``(z, x) -> (z', coefficients)`` like ``flat``'s
+        (``_semiring_analysis.evaluator``) as ``(z, x) -> (z', coefficients)`` like ``flat``'s
         (``f_off`` None for a linear stage)."""
-        from .._semirings import evaluator
+        from .._semiring_analysis import evaluator
         ir, view, claim = self.ir, self.view, self.data.semiring
         n_other = len(ir.inputs) + len(ir.params)
 
