@@ -4,7 +4,8 @@ Given the abstract forms of the state path (``_chunk_state.py``), each state lea
 value is ``Aff(g, Σ)`` of itself gets its axes (``recur/_chunkform.py``):
 
 * the key axis ``K`` is the one its readouts contract (every readout of a leaf must
-  contract the same one; a leaf without readouts tries each axis);
+  contract the same one; a leaf without readouts tries each axis); a readout's query may
+  have axes of its own (``C h``), which are not axes of the leaf;
 * the value axis ``V`` is one along which the decay is constant and every input product
   splits into a factor constant along ``V`` (``k``) and one constant along ``K`` (``v``),
   and along which no readout scales the state before contracting; or none (``V = 1``)
@@ -21,7 +22,7 @@ from __future__ import annotations
 from .._chunkform import ChunkForm, LeafForm, Readout, Term
 from .._dtypes import is_inexact
 from ._chunk_free import ONE, Refused
-from ._chunk_state import Aff, Bad, Read, StatePath, View
+from ._chunk_state import Aff, Bad, StatePath, View
 
 
 def rank_of(t: Term) -> int:
@@ -47,9 +48,13 @@ def build_form(path: StatePath) -> ChunkForm:
                     ((path.free.factor(v, (), rank),),))
         if isinstance(f, Bad):
             raise Refused(f"the new {leaf.name}: {f.reason}")
-        if not isinstance(f, Aff):
+        if isinstance(f, View):
             raise Refused(f"the new {leaf.name} is not an update of the state (it is a "
-                          f"{'readout' if isinstance(f, Read) else 'view'} of it)")
+                          "view of it)")
+        if not isinstance(f, Aff):  # a readout, or a function of readouts
+            raise Refused(f"the new {leaf.name} is computed from a contraction of the state "
+                          "(a dense transition such as A h mixes its entries: no chunkwise "
+                          "form)")
         if f.leaf != i:
             raise Refused(f"the new {leaf.name} is computed from {ir.state[f.leaf].name}")
         leaves.append(assign(path, i, f))
@@ -61,8 +66,8 @@ def build_form(path: StatePath) -> ChunkForm:
             name = path.outputs.leaves[j].name
             raise Refused(f"the output {name} is the state itself (every state would be "
                           "stored: that is method='scan')")
-    readouts = tuple(Readout(r.var, r.leaf, r.new, r.query, r.axes, path.free.label(r.var))
-                     for r in path.readouts)
+    readouts = tuple(Readout(r.var, r.leaf, r.new, r.query, r.axes, path.free.label(r.var),
+                             r.extra) for r in path.readouts)
     return ChunkForm(path.outputs.jaxpr, n, tuple(leaves), readouts)
 
 
@@ -122,20 +127,19 @@ def _misfit(leaf, f: Aff, reads, key, value):
         for fac in p:
             if fac.rank:
                 return f"the decay of {name} sums over a rank axis"
-            if fac.frame_shape()[value] != 1:
+            if fac.varies(value):
                 return (f"the decay of {name} varies along both axes {key} and {value} "
                         f"(elementwise, through {fac.describe()}): only a decay per row "
                         "or per head has a chunkwise form")
     for p in f.terms:
         for fac in p:
-            s = fac.frame_shape()
-            if s[key] != 1 and s[value] != 1:
+            if fac.varies(key) and fac.varies(value):
                 return (f"the input term of {name} is not a sum of outer products along "
                         f"axes {key} and {value} ({fac.describe()} varies along both)")
     for r in reads:
         for p in r.query:
             for fac in p:
-                if fac.frame_shape()[value] != 1:
+                if fac.varies(value):
                     return (f"the readout of {name} scales it along axis {value} before "
                             "contracting")
     return None
@@ -144,8 +148,8 @@ def _misfit(leaf, f: Aff, reads, key, value):
 def _split(p, value) -> Term:
     if value is None:
         return Term(tuple(p), ())
-    k = tuple(f for f in p if f.frame_shape()[value] == 1)
-    v = tuple(f for f in p if f.frame_shape()[value] != 1)
+    k = tuple(f for f in p if not f.varies(value))
+    v = tuple(f for f in p if f.varies(value))
     return Term(k, v)
 
 

@@ -56,11 +56,12 @@ def neg(sop: tuple) -> tuple:
 
 
 def mul(a: tuple, b: tuple) -> tuple:
-    """The product of two sums of products, expanded (at most one rank factor each)."""
+    """The product of two sums of products, expanded (at most one of two products may
+    sum over a rank axis: its factors from both sides of one contraction share it)."""
     out = []
     for p in a:
         for q in b:
-            if sum(f.rank for f in p + q) > 1:
+            if any(f.rank for f in p) and any(f.rank for f in q):
                 raise Refused("a product of two sums over a rank axis")
             out.append(p + q)
     return tuple(out)

@@ -9,7 +9,8 @@ the state gets one of these abstract forms (a value that does not read the state
 * ``View(τ, π, s)``: ``s ⊙ transpose(S_τ, π)`` with ``τ`` old or new (the new state is the
   value the body returns as the carry);
 * ``Read``: a contraction of a view with a free ``q`` over one axis (``dot_general``,
-  ``reduce_sum`` of a scaled view) -- a *readout*;
+  ``reduce_sum`` of a scaled view) -- a *readout*; ``q`` may have axes of its own (a
+  matrix ``C`` in ``C h``, constant or input-derived: several queries at once);
 * ``POST``: anything computed from readouts and free values.
 
 The rules are algebraic identities: ``add``/``sub``/``neg`` of affine forms of the same
@@ -65,8 +66,9 @@ POST = "post"
 @dataclasses.dataclass(frozen=True)
 class FoundReadout:
     """A readout the interpretation found: ``var = S_τᵀ q`` of leaf ``leaf`` over the leaf
-    axis ``key``; ``axes``: the leaf axes of ``var`` in its order; ``heads``: the leaf axes
-    the readout keeps per entry (batch axes, and axes the query varies along)."""
+    axis ``key``; ``axes``: the axes of ``var`` in its order (leaf axes, and ``rank + j``
+    for the query's own axis ``j``, of size ``extra[j]``); ``heads``: the leaf axes the
+    readout keeps per entry (batch axes, and axes the query varies along)."""
 
     var: object
     leaf: int
@@ -75,6 +77,7 @@ class FoundReadout:
     query: tuple   # SOP in the leaf frame
     axes: tuple
     heads: frozenset
+    extra: tuple = ()
 
 
 class StatePath:
@@ -128,6 +131,10 @@ class StatePath:
                 return Bad(f"the state is multiplied by a value computed from the state "
                            f"({bad[0].reason}){where(eqn)}: a decay or gate that reads "
                            "the state is not linear")
+            if name == "dot_general" and state:
+                return Bad(f"the readout's query is computed from the state "
+                           f"({bad[0].reason}){where(eqn)}: a readout C h needs a C that "
+                           "does not read the state")
             return bad[0]
         if not state:
             return POST
@@ -206,13 +213,16 @@ class StatePath:
                           f"{where(eqn)}")
         if name == "div" and a is None:
             raise Refused(f"division by the state (not linear){where(eqn)}")
-        s, free = (a, ins[1]) if a is not None else (b, ins[0])
-        rank = len(self.ir.state[s.leaf].shape)
+        (s, var), free = ((a, ins[0]), ins[1]) if a is not None else ((b, ins[1]), ins[0])
+        if isinstance(s, Aff) and self.carry_of.get(var) == s.leaf:
+            s = self.view(var, s)  # the new state scaled, as in a readout sum(h * q)
+        leaf_shape = tuple(self.ir.state[s.leaf].shape)
+        rank = len(leaf_shape)
         if out_shape != tuple(np.broadcast_shapes(*[tuple(v.aval.shape) for v in ins])):
             raise Refused(f"`{name}` changes the shape of the state{where(eqn)}")
-        if isinstance(s, Aff) and out_shape != tuple(self.ir.state[s.leaf].shape):
-            raise Refused(f"`{name}` broadcasts the state to {out_shape}{where(eqn)}")
         perm = s.perm if isinstance(s, View) else tuple(range(rank))
+        if out_shape != tuple(leaf_shape[p] for p in perm):
+            raise Refused(f"`{name}` broadcasts the state to {out_shape}{where(eqn)}")
         if name == "div":
             axes = () if not free.aval.shape else tuple(perm)
             f = self.free.factor(free, axes, rank)
@@ -254,28 +264,32 @@ class StatePath:
         if len(sc) != 1:
             raise Refused(f"the readout contracts {len(sc)} axes of the state (a chunkwise "
                           f"readout contracts one){where(eqn)}")
-        nq = len(q.aval.shape)
-        q_free = [i for i in range(nq) if i not in qc and i not in qb]
-        if q_free:
-            raise Refused(f"the readout's query has axes of its own (a matrix readout such "
-                          f"as C h){where(eqn)}")
+        rank = len(v.perm)
         key = v.perm[sc[0]]
-        qmap = [None] * nq
+        # the query's own axes (a matrix C in C h: several queries) follow the leaf axes
+        q_own = [i for i in range(len(q.aval.shape)) if i not in qc and i not in qb]
+        qmap = [None] * len(q.aval.shape)
         qmap[qc[0]] = key
         for i_s, i_q in zip(sb, qb):
             qmap[i_q] = v.perm[i_s]
-        rank = len(v.perm)
-        query = mul(v.scale, self.free.sop(q, tuple(qmap), rank) if nq else
-                    ((self.free.factor(q, (), rank),),))
+        for j, i_q in enumerate(q_own):
+            qmap[i_q] = rank + j
+        extra = tuple(q.aval.shape[i] for i in q_own)
+        width = rank + len(extra)
+        scale = tuple(tuple(f.widened(len(extra)) for f in p) for p in v.scale)
+        query = mul(scale, self.free.sop(q, tuple(qmap), width))
         batch = [v.perm[i] for i in sb]
         s_free = [v.perm[i] for i in range(rank) if i not in sc and i not in sb]
-        return self.add_readout(eqn.outvars[0], v, key, query, batch + s_free, batch)
+        own = [rank + j for j in range(len(extra))]
+        axes = batch + (s_free + own if a is not None else own + s_free)  # dot_general's order
+        return self.add_readout(eqn.outvars[0], v, key, query, axes, batch, extra)
 
-    def add_readout(self, var, v: View, key, query, axes, batch=()):
-        heads = set(batch) | {a for p in query for f in p
-                              for a, s in enumerate(f.frame_shape()) if s != 1 and a != key}
+    def add_readout(self, var, v: View, key, query, axes, batch=(), extra=()):
+        rank = len(v.perm)
+        heads = set(batch) | {a for p in query for f in p for a in range(rank)
+                              if a != key and f.varies(a)}
         self.readouts.append(FoundReadout(var, v.leaf, v.new, key, query, tuple(axes),
-                                          frozenset(heads)))
+                                          frozenset(heads), tuple(extra)))
         return Read(len(self.readouts) - 1)
 
 

@@ -65,11 +65,12 @@ class Decision:
 
 
 def dims(form: ChunkForm) -> list:
-    """Per leaf ``(b, K, V, R, m, d)`` for the cost model."""
+    """Per leaf ``(b, K, V, R, m, d)`` for the cost model (``m``: its queries; ``R = 1``
+    for a vector state, whose input terms the pieces sum)."""
     out = []
     for i, lf in enumerate(form.leaves):
-        R = sum(rank_of(t) for t in lf.terms) or 1
-        m = sum(1 for r in form.readouts if r.leaf == i)
+        R = 1 if lf.value_axis is None else sum(rank_of(t) for t in lf.terms) or 1
+        m = sum(r.M for r in form.readouts if r.leaf == i)
         d = lf.K if lf.kind == "row" else 1
         out.append((lf.b, lf.K, lf.V, R, m, d))
     return out
