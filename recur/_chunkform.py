@@ -21,7 +21,10 @@ input term a sum of ``R`` outer products of input-derived vectors ``k ∈ F^{b×
 
 and an arbitrary function ``φ`` (the rest of the body: a normaliser's division, a skip
 connection, a gate).  ``g``, ``k``, ``v``, ``q`` are functions of ``x_t`` alone: slices of
-the body's jaxpr that do not read the state.
+the body's jaxpr that do not read the state.  A query may have axes of its own: a readout
+``C h`` by a constant or input-derived matrix ``C ∈ F^{M × K}`` is ``M`` queries at once
+(S5 / LRU's linear readout).  For a vector state (``V = 1``) the input terms are summed
+into one: ``Σ_r k_r v_r`` is a vector.
 
 Pieces
 ------
@@ -100,6 +103,19 @@ class Factor:
         s = self.shape()
         return s[1:] if self.rank else s
 
+    def varies(self, axis: int) -> bool:
+        """Whether the factor varies along the frame axis ``axis`` (a Python number, such
+        as the ``-1`` of a negated empty product, varies along none)."""
+        s = self.frame_shape()
+        return axis < len(s) and s[axis] != 1
+
+    def widened(self, n: int) -> "Factor":
+        """The factor with ``n`` more trailing size-1 axes (numbers stay numbers)."""
+        if not n or _is_number(self.atom):
+            return self
+        return dataclasses.replace(self, steps=self.steps + (
+            ("reshape", self.shape() + (1,) * n),))
+
     def describe(self) -> str:
         name = repr(self.atom) if _is_number(self.atom) else \
             f"{jx.literal_value(self.atom)!r}" if jx.is_literal(self.atom) else \
@@ -120,7 +136,7 @@ def _product(factors: Sequence[Factor], env: dict, rank_lead: bool):
     for f in factors:
         v = f.value(env)
         if rank_lead and not f.rank:
-            v = v[None]
+            v = jnp.asarray(v)[None]  # a Python number stays weakly typed
         vals.append(v)
     out = vals[0]
     for v in vals[1:]:
@@ -179,7 +195,7 @@ class LeafForm:
     @property
     def scalar_decay(self) -> bool:
         """One decay per head: every decay factor is constant along ``K``."""
-        return all(f.frame_shape()[self.key_axis] == 1 for p in self.decay for f in p)
+        return not any(f.varies(self.key_axis) for p in self.decay for f in p)
 
     @property
     def kind(self) -> str:
@@ -246,7 +262,9 @@ def _term_rank(t: Term) -> int:
 class Readout:
     """``var`` (a value of the body) is ``S_τᵀ q`` of leaf ``leaf`` (``new``: ``τ = t``,
     else ``t - 1``), with ``q`` the sum of products ``query`` (leaf frame, constant along
-    ``V``); ``axes``: the leaf axes of ``var``, in its order (all but ``K``)."""
+    ``V``, then the query's own axes of sizes ``extra``: ``M = Π extra`` queries at once,
+    as in a readout ``C h`` by a matrix ``C``); ``axes``: the axes of ``var``, in its
+    order -- leaf axes (all but ``K``), and ``rank + j`` for the query's own axis ``j``."""
 
     var: Any
     leaf: int
@@ -254,11 +272,18 @@ class Readout:
     query: SOP
     axes: tuple[int, ...]
     label: str = dataclasses.field(default="", compare=False)
+    extra: tuple[int, ...] = ()
+
+    @property
+    def M(self) -> int:
+        return int(np.prod(self.extra, dtype=np.int64))
 
     def describe(self, leaf: LeafForm) -> str:
         q = " + ".join("·".join(f.describe() for f in p) or "1" for p in self.query)
         s = f"{leaf.name}_{'t' if self.new else 't-1'}"
-        return f"{self.label or self.var} = {s}ᵀ q over axis {leaf.key_axis}, q = {q}"
+        many = f" ({self.M} queries: q has axes of its own {list(self.extra)})" \
+            if self.extra else ""
+        return f"{self.label or self.var} = {s}ᵀ q over axis {leaf.key_axis}, q = {q}{many}"
 
 
 def _slice_eqns(eqns, wanted: set, stop: set = frozenset()) -> list:
@@ -302,7 +327,8 @@ class ChunkForm:
         for r in self.readouts:
             for p in r.query:
                 out += [f.atom for f in p]
-        return list(dict.fromkeys(a for a in out if not jx.is_literal(a)))
+        return list(dict.fromkeys(a for a in out if not jx.is_literal(a) and
+                                  not _is_number(a)))
 
     @functools.cached_property
     def _pieces_jaxpr(self):
@@ -330,7 +356,8 @@ class ChunkForm:
     def pieces(self, consts, x_leaves) -> tuple[list, list]:
         """One step's pieces in the canonical frames: per leaf ``(g, k, v)`` with ``g``
         ``(b, K|1)`` (or ``None``: no decay; zeros: a reset), ``k`` ``(R, b, K)``, ``v``
-        ``(R, b, V)``; per readout ``q`` ``(b, K)``."""
+        ``(R, b, V)`` (``R = 1`` for a vector state: its input terms summed); per readout
+        ``q`` ``(M, b, K)``."""
         env = self._env(consts, x_leaves)
         leaves = []
         for lf in self.leaves:
@@ -346,9 +373,9 @@ class ChunkForm:
             ks, vs = [], []
             for t in lf.terms:
                 lead = t.rank
-                k = lf.canon(_product(t.k, env, lead) if t.k else jnp.ones(()), int(lead),
-                             False)
-                v = lf.canon(_product(t.v, env, lead) if t.v else jnp.ones(()), int(lead))
+                one = jnp.ones((1,) * int(lead))  # an empty product (with the rank axis)
+                k = lf.canon(_product(t.k, env, lead) if t.k else one, int(lead), False)
+                v = lf.canon(_product(t.v, env, lead) if t.v else one, int(lead))
                 if not lead:
                     k, v = k[None], v[None]
                 v = v[..., 0, :]  # (R, b, V): drop the K axis (size 1)
@@ -359,14 +386,22 @@ class ChunkForm:
                 k, v = jnp.concatenate(ks, 0), jnp.concatenate(vs, 0)
             else:
                 k, v = jnp.zeros((1, lf.b, lf.K), dt), jnp.zeros((1, lf.b, lf.V), dt)
+            if lf.value_axis is None and k.shape[0] > 1:  # Σ_r k_r v_r with V = 1
+                k, v = jnp.sum(k * v, 0, keepdims=True), jnp.ones((1, lf.b, 1), dt)
             leaves.append((g, k, v))
-        qs = []
-        for r in self.readouts:
-            lf = self.leaves[r.leaf]
-            q = sum(lf.canon(_product(p, env, False) if p else jnp.ones(()), 0, False)
-                    for p in r.query)
-            qs.append(jnp.broadcast_to(q, (lf.b, lf.K)).astype(self.dtype(lf)))
-        return leaves, qs
+        return leaves, [self.queries(r, env) for r in self.readouts]
+
+    def queries(self, r: Readout, env: dict):
+        """The ``M`` queries of readout ``r`` in the canonical frame: ``(M, b, K)``."""
+        lf = self.leaves[r.leaf]
+        rank, n = len(lf.shape), len(r.extra)
+        q = jnp.asarray(sum(_product(p, env, False) if p else jnp.ones(()) for p in r.query))
+        if q.ndim == 0:
+            q = jnp.reshape(q, (1,) * (rank + n))
+        q = jnp.broadcast_to(q, q.shape[:rank] + r.extra)
+        q = jnp.moveaxis(q, tuple(range(rank, rank + n)), tuple(range(n)))
+        q = lf.canon(jnp.reshape(q, (r.M,) + q.shape[n:]), 1, False)
+        return jnp.broadcast_to(q, (r.M, lf.b, lf.K)).astype(self.dtype(lf))
 
     def step(self, lf: LeafForm, S, piece):
         """``g ⊙ S + Σ k vᵀ`` in the canonical frame (``S``: ``(b, K, V)``)."""
@@ -376,18 +411,21 @@ class ChunkForm:
         return decayed + jnp.einsum("rbk,rbv->bkv", k, v)
 
     def readout_value(self, r: Readout, S, q):
-        """``Sᵀ q`` (``S`` canonical ``(b, K, V)``, ``q`` ``(b, K)``) in ``r.var``'s axes."""
-        return self.arrange(r, jnp.einsum("bkv,bk->bv", S, q))
+        """``Sᵀ q`` (``S`` canonical ``(b, K, V)``, ``q`` ``(M, b, K)``) in ``r.var``'s
+        axes."""
+        return self.arrange(r, jnp.einsum("bkv,mbk->mbv", S, q))
 
     def arrange(self, r: Readout, val, lead: int = 0):
-        """A canonical readout ``(*lead, b, V)`` in the axes and dtype of ``r.var``."""
+        """A canonical readout ``(*lead, M, b, V)`` in the axes and dtype of ``r.var``."""
         lf = self.leaves[r.leaf]
+        rank = len(lf.shape)
         lead_shape = val.shape[:lead]
         bshape = tuple(lf.shape[a] for a in lf.batch_axes)
-        val = jnp.reshape(val, lead_shape + bshape + (lf.V,))
+        val = jnp.reshape(val, lead_shape + r.extra + bshape + (lf.V,))
         if lf.value_axis is None:
             val = val[..., 0]
-        order = lf.batch_axes + (() if lf.value_axis is None else (lf.value_axis,))
+        order = tuple(rank + j for j in range(len(r.extra))) + lf.batch_axes + (
+            () if lf.value_axis is None else (lf.value_axis,))
         perm = [order.index(a) for a in r.axes]
         val = jnp.transpose(val, tuple(range(lead)) + tuple(lead + p for p in perm))
         aval = r.var.aval

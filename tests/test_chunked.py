@@ -246,3 +246,216 @@ def test_lengths_property(T, reverse, name):
     f, init, xs = make(name, T)
     close(recur.lax.scan(f, init, xs, reverse=reverse, method="chunked"),
           jax.lax.scan(f, init, xs, reverse=reverse), 1e-10)
+
+
+# ------------------------------------------------------------------ matrix readouts (C h)
+
+def lru_params(P, H, O, dtype=jnp.float64, seed=1):
+    """S5 / LRU parameters: ``lam`` complex on a ring inside the unit disc, ``B``, ``C``
+    complex, ``D`` real ``(O, H)``."""
+    rng = np.random.default_rng(seed)
+    ct = jnp.complex128 if dtype == jnp.float64 else jnp.complex64
+
+    def c(*s):
+        return jnp.asarray((rng.standard_normal(s) + 1j * rng.standard_normal(s))
+                           / np.sqrt(2 * s[-1]), ct)
+
+    lam = jnp.asarray(rng.uniform(0.5, 0.95, P) * np.exp(1j * rng.uniform(0, np.pi, P)), ct)
+    return lam, c(P, H), c(O, P), jnp.asarray(rng.standard_normal((O, H)), dtype)
+
+
+def lru_body(lam, B, C, D):
+    def lru(h, x):                          # h: (P,) complex; B: (P, H), C: (O, P)
+        h = lam * h + B @ x.astype(B.dtype)
+        return h, jnp.real(C @ h) + D @ x
+    return lru
+
+
+def lru_case(T, P=6, H=3, O=2, dtype=jnp.float64):
+    lam, B, C, D = lru_params(P, H, O, dtype)
+    h0 = jnp.asarray(RNG.standard_normal(P) + 1j * RNG.standard_normal(P), lam.dtype)
+    return lru_body(lam, B, C, D), h0, randn(T, H, dtype=dtype)
+
+
+def test_lru_matrix_readout_detected_and_equal_to_lax_scan():
+    f, h0, xs = lru_case(37)
+    text = recur.lax.plan(f, h0, xs, method="chunked").explain_passes()
+    assert "decay per row" in text and "2 queries: q has axes of its own [2]" in text
+    assert "equals the body" in text
+    ref = jax.lax.scan(f, h0, xs)
+    out, info = recur.lax.scan(f, h0, xs, method="chunked", return_info=True)
+    close(out, ref, 1e-12)
+    assert bool(np.all(info.converged)) and not bool(np.any(info.fell_back))
+    for C in (1, 4, 64):
+        close(recur.lax.scan(f, h0, xs, method="chunked", chunk=C), ref, 1e-12)
+    close(recur.lax.scan(f, h0, xs, method="chunked", reverse=True),
+          jax.lax.scan(f, h0, xs, reverse=True), 1e-12)
+
+
+def test_lru_readout_forms():
+    lam, B, C, _ = lru_params(5, 4, 4)
+    D = randn(4)
+    h0 = jnp.zeros(5, lam.dtype)
+    xs = randn(29, 4)
+
+    def elementwise_skip(h, x):             # y = (C h).real + D * x, scaled input
+        h = lam * h + 0.5 * (B @ x.astype(B.dtype))
+        return h, (C @ h).real + D * x
+
+    def old_state(h, x):                    # the readout of h_{t-1}, written h @ C.T
+        y = (h @ C.T).real
+        return lam * h + B @ x.astype(B.dtype), y
+
+    def two_readouts(h, x):                 # a matrix readout and a vector one
+        h = lam * h + B @ x.astype(B.dtype)
+        return h, {"y": jnp.real(C @ h), "s": jnp.imag(jnp.sum(h * x[0].astype(h.dtype)))}
+
+    for f in (elementwise_skip, old_state, two_readouts):
+        text = recur.lax.plan(f, h0, xs, method="chunked").explain_passes()
+        assert "4 queries" in text
+        for C_ in (1, 4, 64):
+            close(recur.lax.scan(f, h0, xs, method="chunked", chunk=C_),
+                  jax.lax.scan(f, h0, xs), 1e-12)
+
+
+def test_lru_float32_complex64_and_reverse():
+    f, h0, xs = lru_case(50, P=8, H=4, O=3, dtype=jnp.float32)
+    assert h0.dtype == jnp.complex64
+    for reverse in (False, True):
+        ref = jax.lax.scan(f, h0, xs, reverse=reverse)
+        out, info = recur.lax.scan(f, h0, xs, reverse=reverse, method="chunked",
+                                   return_info=True)
+        assert not bool(np.any(info.fell_back))
+        scale = max(float(jnp.max(jnp.abs(v))) for v in jax.tree.leaves(ref))
+        close(out, ref, 2e-5 * max(scale, 1.0))
+
+
+def test_lru_grad_jvp_vmap():
+    T = 23
+    lam, B, C, D = lru_params(5, 3, 2)
+    h0 = jnp.asarray(RNG.standard_normal(5) + 1j * RNG.standard_normal(5))
+    xs = randn(T, 3)
+
+    def loss(scan, h0, xs, lam, B, C):
+        carry, ys = scan(lru_body(lam, B, C, D), h0, xs)
+        return jnp.sum(jnp.abs(carry) ** 2) + jnp.sum(jnp.sin(ys))
+
+    chunked = lambda g, i, x: recur.lax.scan(g, i, x, method="chunked")  # noqa: E731
+    args = (h0, xs, lam, B, C)
+    ref = jax.grad(loss, argnums=(1, 2, 3, 4, 5))(jax.lax.scan, *args)
+    close(jax.grad(loss, argnums=(1, 2, 3, 4, 5))(chunked, *args), ref, 1e-10)
+    f = lru_body(lam, B, C, D)
+    t_ref = jax.jvp(lambda h, x: jax.lax.scan(f, h, x), (h0, xs), (1j * h0, xs))[1]
+    t = jax.jvp(lambda h, x: recur.lax.scan(f, h, x, method="chunked"), (h0, xs),
+                (1j * h0, xs))[1]
+    close(t, t_ref, 1e-11)
+    dlam = 0.1 * lam * jnp.exp(1j * jnp.arange(5.0, dtype=lam.dtype))
+    t_ref = jax.jvp(lambda lam: jax.lax.scan(lru_body(lam, B, C, D), h0, xs), (lam,),
+                    (dlam,))[1]
+    t = jax.jvp(lambda lam: recur.lax.scan(lru_body(lam, B, C, D), h0, xs,
+                                           method="chunked"), (lam,), (dlam,))[1]
+    close(t, t_ref, 1e-11)
+    batch = jnp.stack([xs, -0.5 * xs])
+    out = jax.jit(jax.vmap(lambda x: recur.lax.scan(f, h0, x, method="chunked")))(batch)
+    close(out, jax.vmap(lambda x: jax.lax.scan(f, h0, x))(batch), 1e-12)
+
+
+def test_lru_fast_decays_underflow_without_overflow():
+    lam, B, C, D = lru_params(6, 3, 2, jnp.float32)
+    lam = lam / jnp.abs(lam).astype(lam.dtype) * jnp.asarray([1e-3, 0.02, 0.1, 0.5, 0.9, 0.999], lam.dtype)
+    f = lru_body(lam, B, C, D)
+    h0, xs = jnp.ones(6, lam.dtype), randn(300, 3, dtype=jnp.float32)
+    ref = jax.lax.scan(f, h0, xs)
+    out, info = recur.lax.scan(f, h0, xs, method="chunked", chunk=64, return_info=True)
+    assert not bool(np.any(info.fell_back))
+    scale = max(float(jnp.max(jnp.abs(v))) for v in jax.tree.leaves(ref))
+    close(out, ref, 2e-5 * max(scale, 1.0))
+
+
+def test_matrix_readouts_with_heads_and_matrix_states():
+    Hh, P, N, O, T = 3, 4, 5, 2, 31
+    lam = jnp.asarray(0.9 * np.exp(1j * RNG.uniform(0, 3, (Hh, P))))
+    Ch = jnp.asarray(RNG.standard_normal((Hh, O, P)) + 0j)
+
+    def s5_heads(h, x):                     # h: (heads, P) complex, C per head
+        h = lam * h + x.astype(h.dtype)
+        return h, jnp.real(jnp.einsum("hop,hp->ho", Ch, h))
+
+    def ssd_matrix_query(h, x):             # h (P, N), an input-derived C (N, O): h @ C
+        xx, B, Cx, dt = x
+        h = jnp.exp(-0.7 * dt) * h + dt * jnp.outer(xx, B)
+        return h, h @ Cx + 0.5 * xx[:, None]
+
+    cases = [(s5_heads, jnp.zeros((Hh, P), jnp.complex128), randn(T, Hh, P)),
+             (ssd_matrix_query, jnp.ones((P, N)),
+              (randn(T, P), randn(T, N), randn(T, N, O), jnp.abs(randn(T))))]
+    for f, init, xs in cases:
+        assert "queries" in recur.lax.plan(f, init, xs, method="chunked").explain_passes()
+        ref = jax.lax.scan(f, init, xs)
+        for C in (1, 4, 64):
+            close(recur.lax.scan(f, init, xs, method="chunked", chunk=C), ref, 1e-11)
+        batch = jax.tree.map(lambda a: jnp.stack([a, 0.5 * a]), xs)
+        out = jax.vmap(lambda x: recur.lax.scan(f, init, x, method="chunked"))(batch)
+        close(out, jax.vmap(lambda x: jax.lax.scan(f, init, x))(batch), 1e-11)
+
+
+def test_new_state_read_by_a_scaled_sum():
+    def f(S, x):                            # S_tᵀ q written sum(S_t * q), both ways round
+        S = 0.9 * S + jnp.outer(x[0], x[1])
+        return S, {"a": jnp.sum(S * x[0][:, None], axis=0), "b": jnp.sum(S.T * x[0], axis=1)}
+
+    init, xs = jnp.zeros((4, 3)), (randn(13, 4), randn(13, 3))
+    assert "equals the body" in recur.lax.plan(f, init, xs).explain_passes()
+    close(recur.lax.scan(f, init, xs, method="chunked", chunk=4), jax.lax.scan(f, init, xs),
+          1e-12)
+
+
+LRU_NEAR_MISSES = {
+    "query reads the state": (
+        lambda lam, B, C: lambda h, x: (lam * h + B @ x.astype(B.dtype),
+                                        jnp.real((C * jnp.abs(h).astype(C.dtype)) @ h)),
+        "the readout's query is computed from the state (`abs` of the state"),
+    "query is the state": (
+        lambda lam, B, C: lambda h, x: (lam * h + B @ x.astype(B.dtype),
+                                        jnp.real(jnp.outer(C[0], h) @ h)),
+        "the readout's query is computed from the state"),
+    "dense transition": (
+        lambda lam, B, C: lambda h, x: (jnp.outer(lam, lam) @ h + B @ x.astype(B.dtype),
+                                        jnp.real(C @ h)),
+        "a dense transition such as A h"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LRU_NEAR_MISSES))
+def test_lru_near_misses_say_why(name):
+    make_body, reason = LRU_NEAR_MISSES[name]
+    lam, B, C, _ = lru_params(4, 3, 2)
+    f = make_body(lam, B, C)
+    h0, xs = jnp.zeros(4, lam.dtype) + 0.1, randn(9, 3)
+    with pytest.raises(recur.PlanError, match="method='chunked' cannot run"):
+        recur.lax.plan(f, h0, xs, method="chunked")
+    assert reason in recur.lax.plan(f, h0, xs).explain_passes()
+    close(recur.lax.scan(f, h0, xs), jax.lax.scan(f, h0, xs), 1e-10)
+
+
+def test_readout_contracting_two_state_axes_is_refused():
+    W = randn(2, 4, 3)
+
+    def f(S, x):
+        S = 0.9 * S + jnp.outer(x[0], x[1])
+        return S, jnp.einsum("okv,kv->o", W, S)
+
+    xs = (randn(9, 4), randn(9, 3))
+    assert "contracts 2 axes" in recur.lax.plan(f, jnp.zeros((4, 3)), xs).explain_passes()
+
+
+@settings(max_examples=8, deadline=None)  # every shape compiles its own chunked program
+@given(st.integers(1, 6), st.integers(1, 4), st.integers(1, 4), st.integers(1, 12),
+       st.booleans())
+def test_lru_shapes_property(P, H, O, T, reverse):
+    lam, B, C, D = lru_params(P, H, O, seed=P * 100 + H * 10 + O)
+    f = lru_body(lam, B, C, D)
+    h0 = jnp.asarray(RNG.standard_normal(P) + 1j * RNG.standard_normal(P))
+    xs = randn(T, H)
+    close(recur.lax.scan(f, h0, xs, reverse=reverse, method="chunked", chunk=4),
+          jax.lax.scan(f, h0, xs, reverse=reverse), 1e-11)

@@ -2,9 +2,10 @@ r"""The chunkwise-parallel form of a decayed linear-attention scan (method ``chu
 
 For a body in the chunkwise form of ``recur/_chunkform.py`` -- per state leaf, in its
 canonical frame ``(b, K, V)``, ``S_t = g_t ⊙ S_{t-1} + Σ_r k_{t,r} v_{t,r}ᵀ`` and readouts
-``r_t = S_τᵀ q_t`` -- the ``T`` steps are cut into ``N = ⌈T/C⌉`` chunks of ``C`` steps.
-Within chunk ``n`` (steps ``c_0 .. c_0+C-1``, ``S_n`` the state before it), with the
-*segment products* of the decays
+``r_t = S_τᵀ q_t`` (a readout ``C h`` by a matrix is ``M`` such queries at once) -- the
+``T`` steps are cut into ``N = ⌈T/C⌉`` chunks of ``C`` steps.  Within chunk ``n`` (steps
+``c_0 .. c_0+C-1``, ``S_n`` the state before it), with the *segment products* of the
+decays
 
 .. math::
    P_{ts} = \prod_{s < u \le t} g_u \quad (s \le t), \qquad P_{ts} = 0 \quad (s > t),
@@ -151,17 +152,21 @@ def chunked_scan(form: ChunkForm, consts, h_leaves, xs, T: int, C: int):
         mine = [j for j, r in enumerate(form.readouts) if r.leaf == i]
         queries = []
         for j in mine:
-            q = qs[j]
+            q = qs[j]                     # (T, M, b, K): the readout's M queries
             if not form.readouts[j].new:  # S_{t-1}ᵀ q_t = (S_τᵀ q_{τ+1}) at τ = t - 1
                 q = jnp.concatenate([q[1:], jnp.zeros_like(q[:1])])
             queries.append(q)
-        Q = jnp.stack(queries, 1) if queries else jnp.zeros((T, 0, lf.b, lf.K), k.dtype)
+        Q = jnp.concatenate(queries, 1) if queries else \
+            jnp.zeros((T, 0, lf.b, lf.K), k.dtype)
         final, r, starts = leaf_readouts(lf, g, k, v, Q, S0, C)
         boundaries.append(starts)
-        for slot, j in enumerate(mine):
-            rj = r[:, slot]
+        slot = 0
+        for j in mine:
+            M = form.readouts[j].M
+            rj = r[:, slot:slot + M]
+            slot += M
             if not form.readouts[j].new:
-                first = jnp.einsum("bkv,bk->bv", S0, qs[j][0])[None]
+                first = jnp.einsum("bkv,mbk->mbv", S0, qs[j][0])[None]
                 rj = jnp.concatenate([first, rj[:-1]])
             reads[j] = form.arrange(form.readouts[j], rj, lead=1)
         finals.append(lf.uncanon(final).astype(lf.dtype))
