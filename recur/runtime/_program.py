@@ -43,10 +43,7 @@ _programs: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
 
 
 def _info(method: str, stats: StageStats, nonfinite) -> Info:
-    return Info(method=method, iterations=stats.iterations, residual=stats.residual,
-                error=stats.error, converged=stats.converged, fell_back=stats.fell_back,
-                reason=stats.reason, lyapunov=stats.lyapunov, evaluations=stats.evaluations,
-                first_nonfinite=nonfinite)
+    return Info.pack(method, stats, nonfinite)
 
 
 def _run(plan: Plan, in_trace: bool, user_jacobian, axis, details: bool, outputs, h_leaves,
