@@ -136,6 +136,25 @@ class Plan:
     def option_dict(self) -> dict[str, Any]:
         return dict(self.options)
 
+    @property
+    def boundary_chunk(self) -> int | None:
+        """For a one-stage ``scan`` plan on one device, run by ``recur.lax.scan`` (outputs,
+        or ``None`` outputs and only the final carry): the chunk length ``C``
+        of the path that keeps only chunk-boundary states (``runtime/_scan_outputs.py``):
+        the ``chunk`` option, else about ``√T`` (16 to 256: ``T / C`` states against depth
+        ``2 C``); None where that path does not apply (a structure not closed under
+        products -- a coloured sparse pattern --, exact leaves, fewer than two chunks)."""
+        if self.layout is not None or len(self.stages) != 1 \
+                or self.stages[0].method != "scan" or not self.stage_data:
+            return None
+        data = self.stage_data[0]
+        if data.exact or (data.structure.jacobian not in ("zero", "diagonal")
+                          and data.structure.colours is not None):
+            return None
+        C = self.option_dict.get("chunk") or round(self.length ** 0.5)
+        C = int(min(256, max(16, C))) if not self.option_dict.get("chunk") else int(C)
+        return C if self.length // max(C, 1) >= 2 else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -222,6 +241,14 @@ class Plan:
             path = ("the loop emits them as it goes (one lax.scan of the body): no state is "
                     "stored")
             held = y_bytes
+        elif self.boundary_chunk is not None:
+            C = self.boundary_chunk
+            K = self.length // C
+            path = (f"the scan runs over the {K} chunk maps of C = {C} steps and keeps one "
+                    f"state per chunk ({_fmt(h_bytes / C)}B), the body recomputes the states "
+                    f"inside each chunk and emits the outputs, never all T states "
+                    f"({_fmt(h_bytes)}B)")
+            held = y_bytes + dict(self.stages[0].estimates).get("memory", 2 * h_bytes) / C
         elif self.chunked is not None:
             C = self.chunked.chunk
             est = dict(self.stages[0].estimates)

@@ -60,13 +60,15 @@ def coefficients(f: Flat, xs, n: int, dtype, structure: Structure, length: int):
 
 
 def solve_affine(f: Flat, z0: jax.Array, xs: Any, structure: Structure, length: int,
-                 chunk: int | None = None):
-    """All ``T`` states of the affine recurrence ``z_t = f(z_{t-1}, x_t)``, ``z_{-1} = z0``."""
+                 chunk: int | None = None, coefficients_of=coefficients):
+    """All ``T`` states of the affine recurrence ``z_t = f(z_{t-1}, x_t)``, ``z_{-1} = z0``
+    (``coefficients_of``: how ``(A_t, b_t)`` are read off ``f``, ``coefficients``'s
+    signature)."""
     n, dtype = z0.shape[0], z0.dtype
     if length == 0:
         return jnp.zeros((0, n), dtype)
     form = jacobian_form(structure, n)
-    a, b = coefficients(f, xs, n, dtype, structure, length)
+    a, b = coefficients_of(f, xs, n, dtype, structure, length)
     a = jax.lax.stop_gradient(a)  # used by the solves only; derivatives come from matvec
     x0 = None if xs is None else jax.tree_util.tree_map(lambda v: v[0], xs)
     first = f(z0, x0)

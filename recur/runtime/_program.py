@@ -35,6 +35,7 @@ from ._checks import with_fallback
 from ._chunked import run_chunked
 from ._result import Reason, StageStats, stack
 from ._sequential import sequential_scan
+from ._scan_outputs import scan_outputs
 from ._stages import (StageRun, first_nonfinite, placeholders, run_stage, shift_leaves,
                       whole_step_check)
 
@@ -118,6 +119,15 @@ def run_plan(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_le
         final, ys, st = run_chunked(plan.chunked, outputs.body(out_consts), out_consts,
                                     h_leaves, xs, T, options, raiser)
         return _outputs_result(plan, outputs, final, ys, stack([st] * n_stages), details)
+    lean = plan.boundary_chunk if outputs is not None and T > 0 else None
+    if lean is not None and _sharding.current() is None:
+        run = StageRun(ir, plan.stage_data[0], plan.stages[0].method)
+        f_s, z0, _ = run.flat(step, None, h_leaves, xs, p_leaves)
+        final, ys, st = scan_outputs(
+            f_s, outputs.body(out_consts), run.view, z0, h_leaves, xs,
+            plan.stage_data[0].structure, T, lean, run.tolerances(options),
+            check=options.get("check", True), on_failure=on_failure, raiser=raiser)
+        return _outputs_result(plan, outputs, final, ys, st, details)
     if all_loop:
         hs = loop_all()
         stats = stack([StageStats.make(reason=Reason.SEQUENTIAL, evaluations=T_all)] * n_stages)
