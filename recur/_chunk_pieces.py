@@ -259,7 +259,9 @@ class LeafForm:
         if self.kind in ("scalar", "row"):
             decay += ": " + " + ".join("·".join(f.describe() for f in p) or "1"
                                        for p in self.decay)
-        rank = self.n_products
+        rank = f"{self.n_products}"
+        if self.value_axis is None and self.n_products > 1:
+            rank = f"1 (a vector state: its {self.n_products} products summed into one)"
         terms = " + ".join(
             "·".join(f.describe() for f in t.k) + (
                 " ⊗ " + "·".join(f.describe() for f in t.v) if t.v else "")
