@@ -281,6 +281,7 @@ def test_lru_matrix_readout_detected_and_equal_to_lax_scan():
     f, h0, xs = lru_case(37)
     text = recur.lax.plan(f, h0, xs, method="chunked").explain_passes()
     assert "decay per row" in text and "2 queries: q has axes of its own [2]" in text
+    assert "input term of rank 1 (a vector state: its 3 products summed into one)" in text
     assert "equals the body" in text
     ref = jax.lax.scan(f, h0, xs)
     out, info = recur.lax.scan(f, h0, xs, method="chunked", return_info=True)

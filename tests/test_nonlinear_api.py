@@ -185,3 +185,31 @@ def test_lyapunov_false_skips_the_estimate_not_the_check():
     assert bool(info.fell_back) and int(info.iterations) == 10
     with pytest.raises(recur.PlanError, match="lyapunov"):
         recur.scan(rnn, jnp.zeros(4), xs, method="deer", lyapunov="no")
+
+
+def test_complex_nonlinear_state_under_strict_promotion():
+    # the contractivity estimate normalises a complex tangent by its real norm
+    P, H, T = 4, 3, 40
+    lam = jnp.asarray(0.5 * np.exp(1j * RNG.uniform(0, 2 * np.pi, P)))
+    B = jnp.asarray(0.3 * (RNG.standard_normal((P, H)) + 1j * RNG.standard_normal((P, H))))
+    xs = jnp.asarray(RNG.standard_normal((T, H)))
+    h0 = jnp.asarray(0.1 * (RNG.standard_normal(P) + 1j * RNG.standard_normal(P)))
+
+    def step(h, x):
+        return lam * jnp.tanh(h) * h + B @ x.astype(B.dtype)
+
+    def body(h, x):
+        h = step(h, x)
+        return h, jnp.real(h)
+
+    with jax.numpy_dtype_promotion("strict"):
+        ref = jax.lax.scan(body, h0, xs)
+        plan = recur.lax.plan(body, h0, xs, method="auto")
+        assert any("Lyapunov" in n for n in plan.notes), plan.explain()
+        close(recur.lax.scan(body, h0, xs, method="auto"), ref, 1e-10)
+        plan = recur.plan(step, h0, xs, method="auto")
+        assert any("Lyapunov" in n for n in plan.notes), plan.explain()
+        close(recur.scan(step, h0, xs, method="auto"), loop(step, h0, xs), 1e-10)
+        hs, info = recur.scan(step, h0, xs, method="deer", return_info=True)
+        assert bool(info.converged) and float(info.lyapunov) < 0
+        close(hs, loop(step, h0, xs), 1e-10)

@@ -1,7 +1,7 @@
 r"""Key and value axes of each state leaf: the chunkwise pass's second half.
 
 Given the abstract forms of the state path (``_chunk_state.py``), each state leaf whose new
-value is ``Aff(g, Σ)`` of itself gets its axes (``recur/_chunkform.py``):
+value is ``Aff(g, Σ)`` of itself gets its axes (``recur/_chunk_pieces.py``):
 
 * the key axis ``K`` is the one its readouts contract (every readout of a leaf must
   contract the same one; a leaf without readouts tries each axis); a readout's query may
@@ -19,18 +19,11 @@ when none does the first reason is reported.  The result is a ``ChunkForm``.
 
 from __future__ import annotations
 
-from .._chunkform import ChunkForm, LeafForm, Readout, Term
+from .._chunk_pieces import LeafForm, Readout, Term
+from .._chunkform import ChunkForm
 from .._dtypes import is_inexact
 from ._chunk_free import ONE, Refused
 from ._chunk_state import Aff, Bad, StatePath, View
-
-
-def rank_of(t: Term) -> int:
-    """The number of outer products in an input term (its rank axis, else 1)."""
-    for f in t.k + t.v:
-        if f.rank:
-            return f.shape()[0]
-    return 1
 
 
 def build_form(path: StatePath) -> ChunkForm:
@@ -107,7 +100,7 @@ def assign(path: StatePath, i: int, f: Aff) -> LeafForm:
 def _rank_reason(lf: LeafForm):
     if lf.value_axis is None:
         return None
-    R = sum(rank_of(t) for t in lf.terms)
+    R = lf.n_products
     if R * (lf.K + lf.V) > lf.K * lf.V:
         return (f"the input term of {lf.name} has rank {R}: not low for a {lf.K} × "
                 f"{lf.V} state (its factors would be larger than the state)")
@@ -153,4 +146,4 @@ def _split(p, value) -> Term:
     return Term(k, v)
 
 
-__all__ = ["assign", "build_form", "rank_of"]
+__all__ = ["assign", "build_form"]

@@ -8,7 +8,7 @@ value that scales the state, adds to it or queries it as a *sum of products*
    f = \sum_j \prod_i f_{ij},
 
 each factor ``f_ij`` a value of the jaxpr brought into the leaf's axes, with size-1 axes
-where it is constant (``recur._chunkform.Factor``).  The expansion follows ``mul``,
+where it is constant (``recur._chunk_pieces.Factor``).  The expansion follows ``mul``,
 ``add``/``sub``/``neg`` and ``dot_general`` (an outer product with batch axes, or, in an
 input term, one contracted axis that becomes a leading rank axis: ``Σ_r k_r v_rᵀ``) -- up
 to ``_MAX_PRODUCTS`` products; any other value is one factor.
@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 
 from .. import _jax_adapter as jx
-from .._chunkform import Factor
+from .._chunk_pieces import Factor
 from .._ir import StepIR
 
 _MAX_PRODUCTS = 16  # a free value expanded into more products is kept whole

@@ -25,7 +25,7 @@ from .._chunkform import ChunkForm
 from .._errors import PlanError
 from .._ir import Outputs, StepIR
 from . import _cost
-from ._chunk_axes import build_form, rank_of
+from ._chunk_axes import build_form
 from ._chunk_free import Refused
 from ._chunk_probe import probe
 from ._chunk_state import StatePath
@@ -69,10 +69,9 @@ def dims(form: ChunkForm) -> list:
     for a vector state, whose input terms the pieces sum)."""
     out = []
     for i, lf in enumerate(form.leaves):
-        R = 1 if lf.value_axis is None else sum(rank_of(t) for t in lf.terms) or 1
         m = sum(r.M for r in form.readouts if r.leaf == i)
         d = lf.K if lf.kind == "row" else 1
-        out.append((lf.b, lf.K, lf.V, R, m, d))
+        out.append((lf.b, lf.K, lf.V, lf.R, m, d))
     return out
 
 

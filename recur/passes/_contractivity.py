@@ -64,9 +64,9 @@ def lyapunov_along_loop(ir: StepIR, h0: Any, xs: Any, params: Any) -> float | No
                 return view.gather(out), out
 
             _, jv, out = jax.jvp(g, (view.gather(h),), (v,), has_aux=True)
-            norm = jnp.linalg.norm(jv)
-            tiny = jnp.finfo(norm.dtype).tiny
-            return (out, jv / jnp.maximum(norm, tiny)), jnp.log(jnp.maximum(norm, tiny))
+            norm = jnp.linalg.norm(jv)  # real, also for a complex state
+            scale = jnp.maximum(norm, jnp.finfo(norm.dtype).tiny)
+            return (out, jv / scale.astype(jv.dtype)), jnp.log(scale)
         _, logs = jax.lax.scan(body, (h_leaves, v0), x_leaves if x_leaves else None,
                                length=ir.length)
         finite = jnp.isfinite(logs)

@@ -43,7 +43,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._chunkform import ChunkForm, LeafForm
+from .._chunk_pieces import LeafForm
+from .._chunkform import ChunkForm
 
 
 def _segment_products(g, C: int):
