@@ -151,9 +151,9 @@ class Plan:
         if data.exact or (data.structure.jacobian not in ("zero", "diagonal")
                           and data.structure.colours is not None):
             return None
-        C = self.option_dict.get("chunk") or round(self.length ** 0.5)
-        C = int(min(256, max(16, C))) if not self.option_dict.get("chunk") else int(C)
-        return C if self.length // max(C, 1) >= 2 else None
+        chunk = self.option_dict.get("chunk")
+        C = max(1, int(chunk)) if chunk else int(min(256, max(16, round(self.length ** 0.5))))
+        return C if self.length // C >= 2 else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
