@@ -21,7 +21,8 @@ meaning
 .. math::  P = M \cdot 2^{e}
 
 with an integer exponent ``e`` per diagonal entry (per block for blocks) and ``M``
-renormalised after every product (its largest magnitude in ``[0.5, 1)``), so a product that
+renormalised after every product (its largest magnitude in ``[0.5, 1)``, within ``√2``
+for complex entries), so a product that
 overflows or underflows in floating point -- ``5^64`` in float32 -- is still exact to
 rounding, and applying it to a state the loop keeps finite (``5^64 · 1e-33``) gives a
 finite result: ``ldexp(M h, e)``.
@@ -29,10 +30,26 @@ finite result: ``ldexp(M h, e)``.
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 from jax import lax
 
 _HIGHEST = lax.Precision.HIGHEST
+
+
+def _bits(dtype):
+    """``(finfo, integer type of the same width, exponent bias, all-ones exponent)``."""
+    fi = jnp.finfo(dtype)
+    return fi, (jnp.int32 if fi.bits == 32 else jnp.int64), 1 - int(fi.minexp), \
+        (1 << int(fi.nexp)) - 1
+
+
+def _pow2(k, dtype):
+    """``2^k`` for integer ``k`` in the normal range of ``dtype`` (``1 - bias <= k <=
+    bias``), built from its bits: two integer operations, no branches."""
+    fi, it, bias, _ = _bits(dtype)
+    return lax.bitcast_convert_type((k.astype(it) + bias) << int(fi.nmant), fi.dtype)
 
 
 def _ldexp(x, e):
@@ -40,23 +57,65 @@ def _ldexp(x, e):
     in ``x`` (``jnp.ldexp`` branches on ``x``, which JAX cannot transpose), and every factor
     finite for any ``e`` whose result is (the partial products move monotonically towards
     it)."""
-    fi = jnp.finfo(x.dtype)
-    one = jnp.ones((), fi.dtype)
+    _, _, bias, _ = _bits(x.dtype)
     e1 = e // 3
     e2 = (e - e1) // 2
     e3 = e - e1 - e2
     for k in (e1, e2, e3):
-        # a factor is never 0 or inf, so 0 * factor stays 0; beyond the clip the product is
-        # out of range anyway, and overflows or underflows as the true value does
-        k = jnp.clip(k, int(fi.minexp) - int(fi.nmant), int(fi.maxexp) - 1)
-        x = x * jnp.ldexp(one, k).astype(x.dtype)
+        # a factor is never 0 or inf, so 0 * factor stays 0; beyond the clip (|e| > 3 ·
+        # (bias - 1)) the product of any finite x is out of range anyway, and overflows or
+        # underflows as the true value does
+        x = x * _pow2(jnp.clip(k, 1 - bias, bias), x.dtype).astype(x.dtype)
     return x
 
 
+def _renormalise(x, d):
+    """``x 2^-d`` for ``d`` the exponent of ``x``'s magnitude (so the factor is at most
+    ``2^(bias + nmant)``): two normal powers of two."""
+    half = d // 2
+    real = jnp.finfo(x.dtype).dtype
+    return x * _pow2(-half, real).astype(x.dtype) * _pow2(half - d, real).astype(x.dtype)
+
+
 def _exponent(mag):
-    """``e`` with ``mag = m 2^e``, ``0.5 <= m < 1`` (0 for zero and non-finite ``mag``)."""
-    _, e = jnp.frexp(jnp.where(jnp.isfinite(mag), mag, 0))
-    return e.astype(jnp.int32)
+    """``e`` with ``mag = m 2^e``, ``0.5 <= m < 1``, read from the bits of ``mag >= 0`` (0 for
+    zero, subnormal and non-finite ``mag``: XLA's CPU and GPU backends flush subnormals to
+    zero, and a non-finite product stays what it is)."""
+    fi, it, bias, top = _bits(mag.dtype)
+    E = (lax.bitcast_convert_type(mag, it) >> int(fi.nmant)) & top
+    return jnp.where((E == 0) | (E == top), 0, E - bias + 1).astype(jnp.int32)
+
+
+def _frexp(m):
+    """``(f, d)`` with ``m = f 2^d`` and the larger magnitude of ``f``'s parts in ``[0.5, 1)``,
+    by integer operations on the exponent bits (three times faster than scaling by a power
+    of two, measured): the exponent field of every part is lowered by the same amount; a
+    part that would leave the normal range (below ``2^-bias`` relative to the other, beyond
+    rounding) becomes a zero of its sign.  Zero, subnormal and non-finite ``m``: ``(m, 0)``."""
+    fi, it, bias, top = _bits(m.dtype)
+    nmant = int(fi.nmant)
+    parts = (m.real, m.imag) if jnp.iscomplexobj(m) else (m,)
+    bits = [lax.bitcast_convert_type(p, it) for p in parts]
+    fields = [(b >> nmant) & top for b in bits]
+    E = functools.reduce(jnp.maximum, fields)
+    normal = (E != 0) & (E != top)
+    shift = E - (bias - 1)
+    out = []
+    for p, b, F in zip(parts, bits, fields):
+        G = F - shift
+        f = lax.bitcast_convert_type((b & ~(top << nmant)) | (jnp.maximum(G, 0) << nmant),
+                                     fi.dtype)
+        f = jnp.where(G > 0, f, jnp.copysign(jnp.zeros((), fi.dtype), p))
+        out.append(jnp.where(normal, f, p))
+    f = lax.complex(*out) if len(out) == 2 else out[0]
+    return f, jnp.where(normal, shift, 0).astype(jnp.int32)
+
+
+def _magnitude(m):
+    """Within a factor ``√2`` of ``|m|``, without the square root for complex ``m``."""
+    if jnp.iscomplexobj(m):
+        return jnp.maximum(jnp.abs(m.real), jnp.abs(m.imag))
+    return jnp.abs(m)
 
 
 class _DiagScaled:
@@ -67,8 +126,8 @@ class _DiagScaled:
 
     @staticmethod
     def normalise(m, e):
-        d = _exponent(jnp.abs(m))
-        return _ldexp(m, -d), e + d
+        f, d = _frexp(m)
+        return f, e + d
 
     @staticmethod
     def lift(A):
@@ -130,8 +189,8 @@ class _BlockScaled:
 
     @staticmethod
     def normalise(m, e):
-        d = _exponent(jnp.max(jnp.abs(m), axis=(-2, -1)))
-        return _ldexp(m, -d[..., None, None]), e + d
+        d = _exponent(jnp.max(_magnitude(m), axis=(-2, -1)))
+        return _renormalise(m, d[..., None, None]), e + d
 
     @staticmethod
     def lift(A):

@@ -265,3 +265,42 @@ def test_bad_arguments():
         block_scan(jnp.ones((4, 1, 3, 2)), jnp.ones((4, 1, 3)), jnp.ones((1, 3)))
     with pytest.raises(PlanError):
         diagonal_scan(a, b, h0, chunk=0)
+
+
+# ----------------------------------------------------------------------------- scaled products
+
+@settings(max_examples=60, deadline=None)
+@given(re=st.floats(allow_nan=True, allow_infinity=True, width=32),
+       im=st.floats(allow_nan=False, allow_infinity=False, width=32),
+       dtype=st.sampled_from([np.float32, np.float64, np.complex64, np.complex128]))
+def test_frexp_by_bits_is_exact(re, im, dtype):
+    """``m = f 2^d`` exactly, the larger part of ``f`` in ``[0.5, 1)`` (or ``f = m``, ``d = 0``
+    for zero, subnormal and non-finite ``m``); a part ``2^bias`` times smaller than the other
+    may become zero (below rounding of the magnitude)."""
+    from recur.runtime._scaled import _frexp
+    m = np.asarray(re + (1j * im if np.issubdtype(dtype, np.complexfloating) else 0), dtype)
+    f, d = (np.asarray(v) for v in _frexp(jnp.asarray(m)))
+    fi = np.finfo(dtype)
+    big = max(abs(m.real), abs(m.imag))
+    if not np.isfinite(big) or big < fi.smallest_normal:
+        assert d == 0 and (f == m or np.isnan(big))
+        return
+    assert 0.5 <= max(abs(f.real), abs(f.imag)) < 1
+    back = f.astype(np.complex128 if np.iscomplexobj(f) else np.float64) * 2.0 ** int(d)
+    assert abs(back - m) <= big * 2.0 ** -60 + fi.smallest_normal
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+def test_chunk_products_beyond_the_float_range(dtype):
+    """``5^64`` overflows float32 but the loop's state stays finite (``h0 = 1e-33``): the
+    chunked kernel's scaled products agree with the loop."""
+    T, n = 128, 3
+    a = np.full((T, n), 5.0, dtype) * (np.exp(0.3j) if np.iscomplexobj(np.zeros(1, dtype))
+                                       else 1)
+    a[64:] = 1 / a[64:]
+    b = np.zeros((T, n), dtype)
+    h0 = np.full(n, 1e-33, dtype)
+    want = loop(a, b, h0)
+    got = np.asarray(diagonal_scan(jnp.asarray(a), jnp.asarray(b), jnp.asarray(h0), chunk=64))
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=0)
