@@ -21,8 +21,8 @@ meaning
 .. math::  P = M \cdot 2^{e}
 
 with an integer exponent ``e`` per diagonal entry (per block for blocks) and ``M``
-renormalised after every product (its largest magnitude in ``[0.5, 1)``, within ``√2``
-for complex entries), so a product that
+renormalised after every product (the largest magnitude of its real and imaginary parts in
+``[0.5, 1)``, by rewriting exponent bits), so a product that
 overflows or underflows in floating point -- ``5^64`` in float32 -- is still exact to
 rounding, and applying it to a state the loop keeps finite (``5^64 · 1e-33``) gives a
 finite result: ``ldexp(M h, e)``.
@@ -69,35 +69,20 @@ def _ldexp(x, e):
     return x
 
 
-def _renormalise(x, d):
-    """``x 2^-d`` for ``d`` the exponent of ``x``'s magnitude (so the factor is at most
-    ``2^(bias + nmant)``): two normal powers of two."""
-    half = d // 2
-    real = jnp.finfo(x.dtype).dtype
-    return x * _pow2(-half, real).astype(x.dtype) * _pow2(half - d, real).astype(x.dtype)
-
-
-def _exponent(mag):
-    """``e`` with ``mag = m 2^e``, ``0.5 <= m < 1``, read from the bits of ``mag >= 0`` (0 for
-    zero, subnormal and non-finite ``mag``: XLA's CPU and GPU backends flush subnormals to
-    zero, and a non-finite product stays what it is)."""
-    fi, it, bias, top = _bits(mag.dtype)
-    E = (lax.bitcast_convert_type(mag, it) >> int(fi.nmant)) & top
-    return jnp.where((E == 0) | (E == top), 0, E - bias + 1).astype(jnp.int32)
-
-
-def _frexp(m):
-    """``(f, d)`` with ``m = f 2^d`` and the larger magnitude of ``f``'s parts in ``[0.5, 1)``,
-    by integer operations on the exponent bits (three times faster than scaling by a power
-    of two, measured): the exponent field of every part is lowered by the same amount; a
-    part that would leave the normal range (below ``2^-bias`` relative to the other, beyond
-    rounding) becomes a zero of its sign.  Zero, subnormal and non-finite ``m``: ``(m, 0)``."""
+def _frexp(m, axes=()):
+    """``(f, d)`` with ``m = f 2^d`` and the largest magnitude of ``f``'s parts (over
+    ``axes``: one exponent per block) in ``[0.5, 1)``, by integer operations on the exponent
+    bits (three times faster than scaling by a power of two, measured): the exponent field
+    of every part is lowered by the same amount; a part that would leave the normal range
+    (``2^-bias`` times the largest, far below its rounding) becomes a zero of its sign.  Zero, subnormal and non-finite ``m``: ``(m, 0)``."""
     fi, it, bias, top = _bits(m.dtype)
     nmant = int(fi.nmant)
     parts = (m.real, m.imag) if jnp.iscomplexobj(m) else (m,)
     bits = [lax.bitcast_convert_type(p, it) for p in parts]
     fields = [(b >> nmant) & top for b in bits]
     E = functools.reduce(jnp.maximum, fields)
+    if axes:
+        E = jnp.max(E, axis=axes, keepdims=True)
     normal = (E != 0) & (E != top)
     shift = E - (bias - 1)
     out = []
@@ -108,14 +93,8 @@ def _frexp(m):
         f = jnp.where(G > 0, f, jnp.copysign(jnp.zeros((), fi.dtype), p))
         out.append(jnp.where(normal, f, p))
     f = lax.complex(*out) if len(out) == 2 else out[0]
-    return f, jnp.where(normal, shift, 0).astype(jnp.int32)
-
-
-def _magnitude(m):
-    """Within a factor ``√2`` of ``|m|``, without the square root for complex ``m``."""
-    if jnp.iscomplexobj(m):
-        return jnp.maximum(jnp.abs(m.real), jnp.abs(m.imag))
-    return jnp.abs(m)
+    d = jnp.where(normal, shift, 0).astype(jnp.int32)
+    return f, (jnp.squeeze(d, axes) if axes else d)
 
 
 class _DiagScaled:
@@ -189,8 +168,8 @@ class _BlockScaled:
 
     @staticmethod
     def normalise(m, e):
-        d = _exponent(jnp.max(_magnitude(m), axis=(-2, -1)))
-        return _renormalise(m, d[..., None, None]), e + d
+        f, d = _frexp(m, axes=(-2, -1))
+        return f, e + d
 
     @staticmethod
     def lift(A):
@@ -233,4 +212,4 @@ class _Block:
 _BlockScaled.scaled = _BlockScaled
 
 
-__all__ = ["_Diag", "_Block", "_DiagScaled", "_BlockScaled", "_ldexp", "_exponent"]
+__all__ = ["_Diag", "_Block", "_DiagScaled", "_BlockScaled", "_ldexp", "_frexp"]

@@ -304,3 +304,18 @@ def test_chunk_products_beyond_the_float_range(dtype):
     got = np.asarray(diagonal_scan(jnp.asarray(a), jnp.asarray(b), jnp.asarray(h0), chunk=64))
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=0)
+
+
+def test_block_chunk_products_beyond_the_float_range():
+    """The same for 2 x 2 blocks: ``(5 R)^64`` (R a rotation) overflows float32."""
+    T = 128
+    c, s = np.cos(0.3), np.sin(0.3)
+    A = np.tile(5.0 * np.array([[c, -s], [s, c]], np.float32), (T, 1, 1))
+    A[64:] = np.linalg.inv(A[64:])
+    b = np.zeros((T, 2), np.float32)
+    h0 = np.full(2, 1e-33, np.float32)
+    want = loop(A[:, None], b[:, None], h0[None], block=True)[:, 0]
+    got = np.asarray(block_scan(jnp.asarray(A[:, None]), jnp.asarray(b[:, None]),
+                                jnp.asarray(h0[None]), chunk=64))[:, 0]
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-40)
