@@ -46,17 +46,18 @@ def _slice_eqns(eqns, wanted: set, stop: set = frozenset()) -> list:
 @dataclasses.dataclass(frozen=True, eq=False)
 class ChunkForm:
     """The chunkwise form of a whole scan body (module docstring).  ``chunk``: the chunk
-    size ``C`` the plan chose."""
+    size ``C`` the plan chose; ``group``: chunks evaluated together (0: all at once)."""
 
     jaxpr: Any = dataclasses.field(repr=False)   # the body's ClosedJaxpr
     n_state: int
     leaves: tuple[LeafForm, ...]
     readouts: tuple[Readout, ...]
     chunk: int = 0
+    group: int = 0
 
     @functools.cached_property
     def key(self) -> tuple:
-        return (str(self.jaxpr.jaxpr), self.chunk,
+        return (str(self.jaxpr.jaxpr), self.chunk, self.group,
                 tuple((lf.key_axis, lf.value_axis) for lf in self.leaves))
 
     @property

@@ -103,6 +103,19 @@ class Layout:
                 "axes": {name: text for name, _, text in self.axes()}}
 
 
+def boundary_chunk_length(T: int, structure, exact: bool, chunk=None) -> int | None:
+    """The chunk length ``C`` of the boundary-state outputs path for one stage of ``T`` steps:
+    the ``chunk`` option, else about ``√T`` (16 to 256: ``T / C`` states held against depth
+    ``2 C``); None where the path does not apply (a structure not closed under products --
+    a coloured sparse pattern --, exact leaves, fewer than two chunks).  The lowering's memory
+    estimate and ``Plan.boundary_chunk`` both use it."""
+    if exact or (structure.jacobian not in ("zero", "diagonal")
+                 and structure.colours is not None):
+        return None
+    C = max(1, int(chunk)) if chunk else int(min(256, max(16, round(T ** 0.5))))
+    return C if T // C >= 2 else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """How recur will evaluate a recurrence (see ``explain()``)."""
@@ -148,12 +161,8 @@ class Plan:
                 or self.stages[0].method != "scan" or not self.stage_data:
             return None
         data = self.stage_data[0]
-        if data.exact or (data.structure.jacobian not in ("zero", "diagonal")
-                          and data.structure.colours is not None):
-            return None
-        chunk = self.option_dict.get("chunk")
-        C = max(1, int(chunk)) if chunk else int(min(256, max(16, round(self.length ** 0.5))))
-        return C if self.length // C >= 2 else None
+        return boundary_chunk_length(self.length, data.structure, data.exact,
+                                     self.option_dict.get("chunk"))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -280,4 +289,4 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-__all__ = ["Plan", "Stage", "Layout", "KIND_ORDER"]
+__all__ = ["Plan", "Stage", "Layout", "KIND_ORDER", "boundary_chunk_length"]

@@ -460,3 +460,29 @@ def test_lru_shapes_property(P, H, O, T, reverse):
     xs = randn(T, H)
     close(recur.lax.scan(f, h0, xs, reverse=reverse, method="chunked", chunk=4),
           jax.lax.scan(f, h0, xs, reverse=reverse), 1e-11)
+
+
+@pytest.mark.parametrize("name", ("gla", "mlstm"))    # a decay per row; scalar, two leaves
+def test_chunks_in_groups_equal_lax_scan(name, monkeypatch):
+    """A budget that holds the masked products of ``G`` chunks makes the run a ``lax.scan``
+    over groups of ``G`` chunks (the last group padded): values, reverse and gradients as
+    the loop's."""
+    from recur.passes import _cost
+    f, init, xs = make(name, 37)
+    ref = jax.lax.scan(f, init, xs)
+    per_chunk = _cost._chunk_products_bytes(4, [(1, 5, 5, 2, 1, 5)], 8)
+    for budget, G in ((1, 1), (3 * per_chunk, 3)):
+        monkeypatch.setitem(_cost.CHUNK_GROUP_BYTES, "cpu", budget)
+        plan = recur.lax.plan(f, init, xs, method="chunked", chunk=4)
+        together = dict(plan.stages[0].estimates)["chunks together"]
+        assert plan.chunked.group == together and 1 <= together <= G
+        close(recur.lax.scan(f, init, xs, method="chunked", chunk=4), ref, 1e-11)
+    close(recur.lax.scan(f, init, xs, method="chunked", chunk=4, reverse=True),
+          jax.lax.scan(f, init, xs, reverse=True), 1e-11)
+
+    def loss(run, xs):
+        return sum(jnp.sum(jnp.abs(v) ** 2) for v in jax.tree.leaves(run(f, init, xs)))
+
+    grouped = lambda g, i, x: recur.lax.scan(g, i, x, method="chunked", chunk=4)  # noqa: E731
+    close(jax.grad(loss, argnums=1)(grouped, xs), jax.grad(loss, argnums=1)(jax.lax.scan, xs),
+          1e-9)

@@ -176,3 +176,25 @@ def test_boundary_path_property(T, C, name, reverse):
     xs = inputs(T)
     close(recur.lax.scan(f, init, xs, method="scan", chunk=C, reverse=reverse),
           jax.lax.scan(f, init, xs, reverse=reverse), 1e-11)
+
+
+def test_memory_budget_counts_boundary_states_only():
+    """The lowering's memory estimate knows the lean path: under a budget that all ``T``
+    states exceed but ``T / C`` do not, ``recur.plan`` (all states) refuses ``scan`` while
+    ``recur.lax.plan`` (outputs, boundary states) runs it, equal to ``jax.lax.scan``."""
+    T = 4096
+    xs = inputs(T)
+    h0 = jnp.ones(4)
+
+    def step(h, x):
+        return diagonal(h, x)[0]
+
+    limit = 200e3        # all states: about T · 5 n · 8 B = 655 kB; T / 64 chunk maps: 10 kB
+    with pytest.raises(recur.PlanError, match="but the budget is"):
+        recur.plan(step, h0, xs, method="scan", memory_limit=limit)
+    plan = recur.lax.plan(diagonal, h0, xs, method="scan", memory_limit=limit)
+    assert plan.method == "scan" and plan.boundary_chunk == 64
+    auto = recur.plan(step, h0, xs, method="auto", memory_limit=limit)
+    assert "memory budget" in dict(auto.stages[0].rejected).get("scan", "")
+    got = recur.lax.scan(diagonal, h0, xs, method="scan", memory_limit=limit)
+    close(got, jax.lax.scan(diagonal, h0, xs), 1e-12)

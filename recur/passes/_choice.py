@@ -88,16 +88,20 @@ _AUTO_HEAD = {"sequential": "the sequential loop", "scan": "an exact associative
               "quasi-deer": "quasi-Newton with the exact diagonal of the Jacobian"}
 
 
-def stage_choice(method, facts: _Facts, ir: StepIR, cost: _StageCost):
+def stage_choice(method, facts: _Facts, ir: StepIR, cost: _StageCost,
+                 boundary_chunk: int | None = None):
     """``(method, why, rejected)`` for one stage, given the user's ``method`` (a name, or a
     dict by state name); ``chunked`` counts as ``auto`` here (the chunkwise pass decides
-    it later)."""
+    it later).  ``boundary_chunk``: ``scan`` would run the outputs path that holds one
+    state per chunk of that many steps (its memory is that of a scan over ``T / C``
+    chunk maps), else None (all ``T`` states)."""
     requested = _requested_for(method, facts.names)
     requested = "auto" if requested == "chunked" else requested
     if facts.exact:
         return _exact_choice(method, requested, facts, ir)
+    steps = ir.length if boundary_chunk is None else -(-ir.length // boundary_chunk)
     return _choose(requested, facts, ir, cost,
-                   need=scan_bytes(facts.structure, ir.length, cost.n, cost.itemsize))
+                   need=scan_bytes(facts.structure, steps, cost.n, cost.itemsize))
 
 
 def _exact_choice(method, requested: str, facts: _Facts, ir: StepIR):

@@ -105,7 +105,7 @@ def decide(ir: StepIR, outputs: Outputs | None, values, wanted, choices, costs, 
         return None, [(m, w, r + (("chunked", why),)) for m, w, r in choices], text
     est = _estimate(ir, outputs, form, backend, backward, chunk)
     text += est.text
-    decision = Decision(dataclasses.replace(form, chunk=est.C), est.rows)
+    decision = Decision(dataclasses.replace(form, chunk=est.C, group=est.group), est.rows)
     kinds = ", ".join(sorted({lf.kind for lf in form.leaves}))
     head = (f"a decayed linear-attention body (decay {kinds}): its chunkwise form, "
             f"C = {est.C}, never stores the T states")
@@ -134,6 +134,7 @@ def decide(ir: StepIR, outputs: Outputs | None, values, wanted, choices, costs, 
 @dataclasses.dataclass(frozen=True)
 class _Estimate:
     C: int
+    group: int
     seconds: float
     memory: float
     loop_seconds: float
@@ -153,17 +154,19 @@ def _estimate(ir, outputs, form, backend, backward, chunk) -> _Estimate:
         t = _cost.predict_chunked(backend, T, C, leaves, body_flops, backward)
     N = -(-max(T, 1) // C)
     itemsize = max(np.dtype(lf.dtype).itemsize for lf in form.leaves)
+    G = _cost.chunk_group(backend, T, C, leaves, itemsize)
     y_el = sum(leaf.size for leaf in outputs.leaves)
-    mem = _cost.chunked_bytes(T, C, leaves, y_el, itemsize)
+    mem = _cost.chunked_bytes(T, C, leaves, y_el, itemsize, G)
     states = float(T) * sum(leaf.size for leaf in ir.state) * itemsize
     source = "chunk=" if chunk else "the cost model's fastest"
-    text = (f"\nchunk size C = {C} ({source}), {N} chunks: predicted "
+    together = "all at once" if not G else f"{G} at a time"
+    text = (f"\nchunk size C = {C} ({source}), {N} chunks ({together}): predicted "
             f"{_cost.fmt_seconds(t)}; temporary memory about {_bytes(mem)} (all T states "
             f"would be {_bytes(states)})")
-    rows = (("chunk", C), ("chunks", N), ("memory", int(mem)),
+    rows = (("chunk", C), ("chunks", N), ("chunks together", G or N), ("memory", int(mem)),
             ("predicted time", _cost.fmt_seconds(t)))
     t_loop = _cost.predict_loop_outputs(backend, T, body_flops, backward)
-    return _Estimate(C, t, mem, t_loop, text, rows)
+    return _Estimate(C, G, t, mem, t_loop, text, rows)
 
 
 def _compare(est: _Estimate, choices, costs, head: str, backend: str):

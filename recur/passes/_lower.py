@@ -15,7 +15,7 @@ from typing import Any
 from .. import _methods
 from .._errors import PlanError
 from .._ir import StageData, StepIR, compute_dtype
-from .._plan import KIND_ORDER, Plan, Stage
+from .._plan import KIND_ORDER, Plan, Stage, boundary_chunk_length
 from . import _chunkwise, _cost, _report
 from ._choice import (_chaos_policy, _check_method, _check_windows, _requested_for,
                       _StageCost, memory_budget, scan_bytes, stage_candidates, stage_choice)
@@ -69,7 +69,8 @@ def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = 
     groups = stage_groups(ir, low.pattern)
     _check_method(method, [n for el, _ in groups for n in stage_names(ir, el)])
     dtype = compute_dtype([leaf.dtype for leaf in ir.state])
-    decided = [_decide(low, index, elements, exact, method)
+    lean = outputs is not None and len(groups) == 1 and not sharded
+    decided = [_decide(low, index, elements, exact, method, lean)
                for index, (elements, exact) in enumerate(groups)]
     facts_list = [d[0] for d in decided]
     choices = [d[1] for d in decided]
@@ -118,8 +119,10 @@ def _analyse(ir: StepIR, backend: str, options, values) -> _Lowering:
                      backward=bool(options.get("for_grad", False)))
 
 
-def _decide(low: _Lowering, index: int, elements, exact: bool, method):
-    """``(facts, (method, why, rejected), cost)`` of one stage."""
+def _decide(low: _Lowering, index: int, elements, exact: bool, method, lean: bool = False):
+    """``(facts, (method, why, rejected), cost)`` of one stage; ``lean``: the stage is the
+    whole recurrence of a ``recur.lax.scan`` on one device, so ``scan`` runs the
+    boundary-state outputs path where it applies and holds ``T / C`` states."""
     ir = low.ir
     facts, stage_notes = _classify(ir, low.pattern, index, elements, exact, low.options,
                                    low.values)
@@ -127,7 +130,9 @@ def _decide(low: _Lowering, index: int, elements, exact: bool, method):
     stage_dtype = compute_dtype([ir.state[i].dtype for i in _leaves_of(ir, elements)])
     cost = _StageCost(low.backend, ir.length, len(elements), low.step_flops, facts.jacobian,
                       facts.structure, low.budget, stage_dtype.itemsize, low.backward)
-    return facts, stage_choice(method, facts, ir, cost), cost
+    C = boundary_chunk_length(ir.length, facts.structure, facts.exact,
+                              low.options.get("chunk")) if lean else None
+    return facts, stage_choice(method, facts, ir, cost, boundary_chunk=C), cost
 
 
 def _stage(low: _Lowering, facts: _Facts, choice, cost: _StageCost, chunk, reads,

@@ -173,14 +173,20 @@ def trace_step(fn: Callable, h0: Any, xs: Any, params: Any = None, *,
                               jax.tree_util.tree_flatten_with_path(out)[0]]
         return out_leaves
 
-    avals = [s.aval for s in h_specs + x_specs + p_specs]
-    form = "fn(h, x, params)" if has_params else "fn(h, x)"
+    closed = _make_jaxpr(flat_fn, [s.aval for s in h_specs + x_specs + p_specs],
+                         "fn(h, x, params)" if has_params else "fn(h, x)", h_specs, x_specs)
+    _check_returned(out_store["treedef"], h_def, h_specs, closed.out_avals)
+    return StepIR(jaxpr=closed, jvp_blockers=jvp_blockers(closed), **ir_partial)
+
+
+def _make_jaxpr(flat_fn, avals, form: str, h_specs, x_specs):
+    """The closed jaxpr of ``flat_fn``, traced outside any mesh context (every equation
+    records the context mesh and re-enters it when replayed, and the step is replayed
+    everywhere, inside the shard_map of a plan across devices too); what the user's code
+    raised while tracing becomes a ``StepFunctionError`` that says so."""
     try:
-        # Traced outside any mesh context: every equation records the context mesh and
-        # re-enters it when replayed, and the step is replayed everywhere (inside the
-        # shard_map of a plan across devices, whose context is its own).
         with jax.sharding.use_abstract_mesh(_NO_MESH):
-            closed = jax.make_jaxpr(flat_fn)(*avals)
+            return jax.make_jaxpr(flat_fn)(*avals)
     except (jax.errors.TracerBoolConversionError, jax.errors.ConcretizationTypeError,
             jax.errors.TracerIntegerConversionError,
             jax.errors.TracerArrayConversionError) as exc:
@@ -200,7 +206,9 @@ def trace_step(fn: Callable, h0: Any, xs: Any, params: Any = None, *,
             f"abstract values (state {_describe(h_specs)}, input {_describe(x_specs)}): {exc}"
         ) from exc
 
-    out_def = out_store["treedef"]
+
+def _check_returned(out_def, h_def, h_specs, out_avals) -> None:
+    """The step must return the state's structure, shapes and dtypes."""
     if out_def != h_def:
         hint = ""
         kids = out_def.children() if out_def.num_nodes > 1 else []
@@ -212,18 +220,18 @@ def trace_step(fn: Callable, h0: Any, xs: Any, params: Any = None, *,
             "the step function returns another structure than the state: the state is "
             f"{h_def} but the step returned {out_def}. It must return the new state with "
             "exactly the structure of h0." + hint)
-    for spec, out_aval in zip(h_specs, closed.out_avals):
+    for spec, out_aval in zip(h_specs, out_avals):
         if tuple(out_aval.shape) != spec.shape:
             raise StepFunctionError(
                 f"the step function returns state leaf {spec.name} with shape "
                 f"{tuple(out_aval.shape)}, but the state has shape {spec.shape}.")
         if out_aval.dtype != spec.dtype:
             raise StepFunctionError(
-                f"the step function returns state leaf {spec.name} as {dtype_name(out_aval.dtype)}"
-                f", but the state is {dtype_name(spec.dtype)}; a state must keep its dtype (lax.scan refuses "
-                f"the carry otherwise). Cast the new value, e.g. `.astype(h.dtype)`, or make "
-                f"params/inputs {spec.dtype}.")
-    return StepIR(jaxpr=closed, jvp_blockers=jvp_blockers(closed), **ir_partial)
+                f"the step function returns state leaf {spec.name} as "
+                f"{dtype_name(out_aval.dtype)}, but the state is {dtype_name(spec.dtype)}; a "
+                "state must keep its dtype (lax.scan refuses the carry otherwise). Cast the "
+                "new value, e.g. `.astype(h.dtype)`, or make params/inputs "
+                f"{spec.dtype}.")
 
 
 def scan_body_pair(out, what: str = "recur.lax.scan"):

@@ -19,7 +19,10 @@ decays
    S_{n+1} &= P_{C-1,-1} \odot S_n + \textstyle\sum_s (k_s \odot P_{C-1,s})\, v_s^\top .
 
 The boundary states ``S_n`` are one ``lax.scan`` over the ``N`` chunks; everything else is
-batched over all chunks at once.  Nothing is stored per step but the pieces ``g, k, v, q``
+batched over the chunks -- all at once, or (``ChunkForm.group``, chosen by the cost model so
+the masked products of a group stay within a cache- or memory-sized budget) a ``lax.scan``
+over groups of chunks carrying the boundary state, which on a CPU is both faster (the
+products stay in cache) and leaner (measured: ``passes/_cost.py``, ``CHUNK_GROUP_BYTES``).  Nothing is stored per step but the pieces ``g, k, v, q``
 and the readouts: memory ``O(T (|y| + C b) + (T/C) |S|)`` (``O(T C b K)`` for a per-row
 decay: its ``P`` has a ``K`` axis), never the ``T`` states.
 
@@ -70,24 +73,47 @@ def _segment_products(g, C: int):
     return jnp.exp(jnp.where(keep, L, jnp.asarray(-jnp.inf, L.dtype)))
 
 
-def leaf_readouts(lf: LeafForm, g, k, v, Q, S0, C: int):
-    """One leaf through the chunkwise form: ``(S_T, r)`` with ``r[t] = S_tᵀ Q[t]``.
+def leaf_readouts(lf: LeafForm, g, k, v, Q, S0, C: int, group: int = 0):
+    """One leaf through the chunkwise form: ``(S_T, r, boundary states)`` with
+    ``r[t] = S_tᵀ Q[t]``.
 
     ``g``: ``(T, b, 1|K)`` or None (no decay); ``k``: ``(T, R, b, K)``; ``v``:
     ``(T, R, b, V)``; ``Q``: ``(T, m, b, K)`` (``m`` queries); ``S0``: ``(b, K, V)``;
-    ``r``: ``(T, m, b, V)``."""
+    ``r``: ``(T, m, b, V)``.  ``group``: chunks evaluated together (0: all at once); fewer
+    make a ``lax.scan`` over groups of that many chunks, so the masked products exist for
+    one group at a time."""
+    T = k.shape[0]
+    N = -(-T // C)
+    G = N if group <= 0 or group >= N else int(group)
+    n_groups = -(-N // G)
+    pad = n_groups * G * C - T
+    if pad:
+        k, v, Q = (jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
+                   for a in (k, v, Q))
+        if g is not None:
+            g = jnp.concatenate([g, jnp.ones((pad,) + g.shape[1:], g.dtype)])
+    S0 = jnp.asarray(S0, k.dtype)
+    if n_groups == 1:
+        final, r, starts = _chunks_readouts(g, k, v, Q, S0, C)
+        return final, r[:T], starts[:N]
+
+    def one_group(S, pieces):
+        final, r, starts = _chunks_readouts(*pieces, S, C)
+        return final, (r, starts)
+
+    split = lambda a: None if a is None else a.reshape((n_groups, G * C) + a.shape[1:])  # noqa: E731
+    final, (r, starts) = lax.scan(one_group, S0, tuple(split(a) for a in (g, k, v, Q)))
+    r = r.reshape((n_groups * G * C,) + r.shape[2:])[:T]
+    return final, r, starts.reshape((n_groups * G,) + starts.shape[2:])[:N]
+
+
+def _chunks_readouts(g, k, v, Q, S0, C: int):
+    """``leaf_readouts`` for ``T = N C`` steps, all ``N`` chunks at once."""
     T, R, b, K = k.shape
     V = v.shape[-1]
     m = Q.shape[1]
-    N = -(-T // C)
-    pad = N * C - T
+    N = T // C
     dt = k.dtype
-    if pad:
-        k = jnp.concatenate([k, jnp.zeros((pad,) + k.shape[1:], dt)])
-        v = jnp.concatenate([v, jnp.zeros((pad,) + v.shape[1:], dt)])
-        Q = jnp.concatenate([Q, jnp.zeros((pad,) + Q.shape[1:], Q.dtype)])
-        if g is not None:
-            g = jnp.concatenate([g, jnp.ones((pad,) + g.shape[1:], g.dtype)])
     kc = k.reshape(N, C * R, b, K)
     vc = v.reshape(N, C * R, b, V)
     Qc = Q.reshape(N, C, m, b, K)
@@ -123,14 +149,12 @@ def leaf_readouts(lf: LeafForm, g, k, v, Q, S0, C: int):
         nxt = (S if a is None else a[..., None] * S) + u
         return nxt, S
 
-    S0 = jnp.asarray(S0, dt)
     if P_all is None:
         final, starts = lax.scan(lambda S, u: (S + u, S), S0, U)
     else:
         final, starts = lax.scan(boundary, S0, (U, P_all))
     r_inter = jnp.einsum("ntmbk,nbkv->ntmbv", inter_q, starts)
-    r = (r_intra + r_inter).reshape(N * C, m, b, V)[:T]
-    return final, r, starts
+    return final, (r_intra + r_inter).reshape(N * C, m, b, V), starts
 
 
 def pieces_all(form: ChunkForm, consts, xs, T: int):
@@ -159,7 +183,7 @@ def chunked_scan(form: ChunkForm, consts, h_leaves, xs, T: int, C: int):
             queries.append(q)
         Q = jnp.concatenate(queries, 1) if queries else \
             jnp.zeros((T, 0, lf.b, lf.K), k.dtype)
-        final, r, starts = leaf_readouts(lf, g, k, v, Q, S0, C)
+        final, r, starts = leaf_readouts(lf, g, k, v, Q, S0, C, form.group)
         boundaries.append(starts)
         slot = 0
         for j in mine:

@@ -85,75 +85,26 @@ def run_plan(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_le
     """The plan's trajectory and ``Info``; ``details=False`` skips what only a returned
     ``Info`` reports (the search for the first non-finite state).  With ``outputs`` (a
     ``jax.lax.scan`` body), ``((final carry, per-step outputs), Info)`` instead: the loop
-    emits the outputs as it goes, storing no state; the parallel methods hold the
-    trajectory anyway and evaluate the outputs from it in one batched pass."""
+    emits the outputs as it goes, storing no state; ``chunked`` and the boundary-state
+    scan compute them without all states (``_outputs_without_states``); the other parallel
+    methods hold the trajectory anyway and evaluate the outputs from it in one batched
+    pass."""
     ir = plan.ir
-    options = plan.option_dict
     T = ir.length if _sharding.current() is None else _sharding.current().local
-    T_all = _sharding.global_length(T)
     step = jaxpr_step(ir, consts)
-    n_stages = len(plan.stages)
     xs = list(x_leaves) if x_leaves else None
     if ir.reverse and xs is not None:
         xs = [jnp.flip(v, 0) for v in xs]
-    init = None if init_leaves is None else [jnp.flip(v, 0) if ir.reverse else v
-                                             for v in init_leaves]
-
-    def loop_all():
-        def body(h, x):
-            return step(h, [] if x is None else x, p_leaves)
-        return sequential_scan(body, list(h_leaves), xs, length=T)
-
-    on_failure = options.get("on_failure", "sequential")
-    raiser = functools.partial(_raise_at_run_time) if on_failure == "raise" and in_trace \
-        else None
-    all_loop = all(st.method == "sequential" for st in plan.stages) or T == 0
-    if outputs is not None and all_loop and _sharding.current() is None:
-        body = outputs.body(out_consts)
-        final, ys = lax.scan(lambda h, x: body(h, [] if x is None else x), list(h_leaves), xs,
-                             length=T, unroll=outputs.unroll)
-        stats = stack([StageStats.make(reason=Reason.SEQUENTIAL, evaluations=T_all)] * n_stages)
-        return _outputs_result(plan, outputs, list(final), list(ys), stats, details)
-    if outputs is not None and plan.chunked is not None and T > 0 \
-            and _sharding.current() is None:
-        final, ys, st = run_chunked(plan.chunked, outputs.body(out_consts), out_consts,
-                                    h_leaves, xs, T, options, raiser)
-        return _outputs_result(plan, outputs, final, ys, stack([st] * n_stages), details)
-    lean = plan.boundary_chunk if outputs is not None and T > 0 else None
-    if lean is not None and _sharding.current() is None:
-        run = StageRun(ir, plan.stage_data[0], plan.stages[0].method)
-        f_s, z0, _ = run.flat(step, None, h_leaves, xs, p_leaves)
-        final, ys, st = scan_outputs(
-            f_s, outputs.body(out_consts), run.view, z0, h_leaves, xs,
-            plan.stage_data[0].structure, T, lean, run.tolerances(options),
-            check=options.get("check", True), on_failure=on_failure, raiser=raiser)
-        return _outputs_result(plan, outputs, final, ys, st, details)
-    if all_loop:
-        hs = loop_all()
-        stats = stack([StageStats.make(reason=Reason.SEQUENTIAL, evaluations=T_all)] * n_stages)
-    else:
-        hs = placeholders(h_leaves, T)
-        per_stage = []
-        for data, stage in zip(plan.stage_data, plan.stages):
-            run = StageRun(ir, data, stage.method)
-            hs, st = run_stage(run, step, hs, h_leaves, xs, p_leaves, T, options, init=init,
-                               jacobian=None if run.view is None else
-                               _user_jacobian(plan, user_jacobian, run, p_leaves),
-                               raise_on_failure=raiser)
-            per_stage.append(st)
-        stats = stack(per_stage)
-        if n_stages > 1 and options.get("check", True):
-            res, ok = whole_step_check(ir, step, hs, h_leaves, xs, p_leaves, options)
-            fell_back = jnp.asarray(False)
-            if on_failure == "sequential":
-                hs = with_fallback(hs, ok, loop_all)
-                fell_back = ~ok
-            elif raiser is not None:
-                raiser(ok, res, "staged (whole-step check)")
-            stats = stats.replace(
-                converged=stats.converged & ok, fell_back=stats.fell_back | fell_back,
-                reason=jnp.where(ok, stats.reason, Reason.WHOLE_STEP).astype(jnp.int32),
-                evaluations=stats.evaluations + T_all + jnp.where(fell_back, T_all, 0))
+    raiser = functools.partial(_raise_at_run_time) \
+        if plan.option_dict.get("on_failure", "sequential") == "raise" and in_trace else None
+    if outputs is not None and _sharding.current() is None:
+        direct = _outputs_without_states(plan, step, outputs, out_consts, h_leaves, xs,
+                                         p_leaves, T, raiser)
+        if direct is not None:
+            final, ys, stats = direct
+            return _outputs_result(plan, outputs, final, ys, stats, details)
+    hs, stats = _trajectory(plan, step, user_jacobian, h_leaves, xs, p_leaves, T,
+                            init_leaves, raiser)
     if outputs is not None:
         body = outputs.body(out_consts)
         prev = shift_leaves(hs, h_leaves)
@@ -161,13 +112,83 @@ def run_plan(plan: Plan, in_trace: bool, user_jacobian, h_leaves, x_leaves, p_le
             ys = jax.vmap(lambda h: body(h, [])[1])(prev)
         else:
             ys = jax.vmap(lambda h, x: body(h, x)[1])(prev, xs)
-        final = [_sharding.value_at(v, T_all - 1) for v in hs]
+        final = [_sharding.value_at(v, _sharding.global_length(T) - 1) for v in hs]
         return _outputs_result(plan, outputs, final, list(ys), stats, details)
     nonfinite = first_nonfinite(ir.state, hs, ir.reverse) if details \
         else jnp.asarray(-1, jnp.int32)
     if ir.reverse:
         hs = [jnp.flip(v, 0) for v in hs]
     return list(hs), _info(plan.method, stats, nonfinite)
+
+
+def _sequential_stats(plan: Plan, T: int):
+    return stack([StageStats.make(reason=Reason.SEQUENTIAL,
+                                  evaluations=_sharding.global_length(T))] * len(plan.stages))
+
+
+def _outputs_without_states(plan: Plan, step, outputs: Outputs, out_consts, h_leaves, xs,
+                            p_leaves, T: int, raiser):
+    """``(final carry, ys, stats)`` by a path that never holds all ``T`` states (one device):
+    the loop emitting ``ys`` (one ``lax.scan`` of the body), the chunkwise form, or the scan
+    over chunk maps keeping boundary states; None when the plan takes none of them."""
+    options = plan.option_dict
+    body = outputs.body(out_consts)
+    if all(st.method == "sequential" for st in plan.stages) or T == 0:
+        final, ys = lax.scan(lambda h, x: body(h, [] if x is None else x), list(h_leaves), xs,
+                             length=T, unroll=outputs.unroll)
+        return list(final), list(ys), _sequential_stats(plan, T)
+    if plan.chunked is not None:
+        final, ys, st = run_chunked(plan.chunked, body, out_consts, h_leaves, xs, T, options,
+                                    raiser)
+        return final, ys, stack([st] * len(plan.stages))
+    C = plan.boundary_chunk
+    if C is None:
+        return None
+    run = StageRun(plan.ir, plan.stage_data[0], plan.stages[0].method)
+    f_s, z0, _ = run.flat(step, None, h_leaves, xs, p_leaves)
+    return scan_outputs(f_s, body, run.view, z0, h_leaves, xs, plan.stage_data[0].structure,
+                        T, C, run.tolerances(options), check=options.get("check", True),
+                        on_failure=options.get("on_failure", "sequential"), raiser=raiser)
+
+
+def _trajectory(plan: Plan, step, user_jacobian, h_leaves, xs, p_leaves, T: int,
+                init_leaves, raiser):
+    """``(all states in processing order, stats)``: every stage by its method (checked, with
+    its fallback), then the whole-step check of a staged plan."""
+    ir, options = plan.ir, plan.option_dict
+    T_all = _sharding.global_length(T)
+    init = None if init_leaves is None else [jnp.flip(v, 0) if ir.reverse else v
+                                             for v in init_leaves]
+
+    def loop_all():
+        return sequential_scan(lambda h, x: step(h, [] if x is None else x, p_leaves),
+                               list(h_leaves), xs, length=T)
+
+    if all(st.method == "sequential" for st in plan.stages) or T == 0:
+        return loop_all(), _sequential_stats(plan, T)
+    hs = placeholders(h_leaves, T)
+    per_stage = []
+    for data, stage in zip(plan.stage_data, plan.stages):
+        run = StageRun(ir, data, stage.method)
+        hs, st = run_stage(run, step, hs, h_leaves, xs, p_leaves, T, options, init=init,
+                           jacobian=None if run.view is None else
+                           _user_jacobian(plan, user_jacobian, run, p_leaves),
+                           raise_on_failure=raiser)
+        per_stage.append(st)
+    stats = stack(per_stage)
+    if len(plan.stages) == 1 or not options.get("check", True):
+        return hs, stats
+    res, ok = whole_step_check(ir, step, hs, h_leaves, xs, p_leaves, options)
+    fell_back = jnp.asarray(False)
+    if options.get("on_failure", "sequential") == "sequential":
+        hs = with_fallback(hs, ok, loop_all)
+        fell_back = ~ok
+    elif raiser is not None:
+        raiser(ok, res, "staged (whole-step check)")
+    return hs, stats.replace(
+        converged=stats.converged & ok, fell_back=stats.fell_back | fell_back,
+        reason=jnp.where(ok, stats.reason, Reason.WHOLE_STEP).astype(jnp.int32),
+        evaluations=stats.evaluations + T_all + jnp.where(fell_back, T_all, 0))
 
 
 def _outputs_result(plan, outputs, final, ys, stats, details):
