@@ -229,12 +229,18 @@ def predict_chunked(backend: str, T: int, C: int, leaves, body_flops: float,
 
 
 # The chunks whose masked products exist at once (``runtime/_chunked.py``: a ``lax.scan``
-# over groups of that many chunks): as many as keep those products within these bytes.
-# CPU: about a core's L2 cache -- measured on the 2-core CPU (GLA, T = 4096, 64 x 64 state,
-# C = 16, float32): all 256 chunks at once 50 ms and 0.65 of all states' bytes in
-# temporaries; groups of 4 chunks 32 ms and 0.15; one chunk at a time 34 ms.  GPU: assumed
-# (enough to fill the device, bounded so that a long sequence does not hold T C K bytes).
-CHUNK_GROUP_BYTES = {"cpu": 1 << 20, "gpu": 256 << 20}
+# over groups of that many chunks).  All at once unless those products would hold more
+# than an eighth of the bytes of all T states (a per-row decay: ``T C K`` against ``T K V``);
+# then groups whose products fit these bytes.  Measured on the 2-core CPU (GLA, per-row
+# gates, d = 64, C = 16, float32; time, and temporaries over all states' bytes):
+#   T = 1024: all at once 2.9 ms / 0.65, groups of 2 3.7 ms / 0.15, 4 3.2 / 0.18,
+#             8 3.2 / 0.21, 16 3.1 / 0.30 (hand-written chunkwise form 2.8 ms / 0.64);
+#   T = 4096: all at once 28 ms / 0.65, groups of 2 19 ms / 0.15, 4 16 / 0.15, 8 16 / 0.15,
+#             16 15 / 0.18 (hand-written 24 ms).
+# So about 3 MB of products per group (7 chunks here).  SSD (one gate per head, products
+# ``T C`` only) stays below the eighth and runs all at once (in groups it was slower: T =
+# 1024, 4 heads, 3.9 ms at once, 7.5 ms in groups of 10).  GPU: assumed.
+CHUNK_GROUP_BYTES = {"cpu": 3 << 20, "gpu": 256 << 20}
 
 
 def _chunk_products_bytes(C: int, leaves, itemsize: int) -> float:
@@ -249,8 +255,12 @@ def _chunk_products_bytes(C: int, leaves, itemsize: int) -> float:
 def chunk_group(backend: str, T: int, C: int, leaves, itemsize: int) -> int:
     """Chunks evaluated together (0: all ``⌈T / C⌉`` at once), see ``CHUNK_GROUP_BYTES``."""
     N = -(-max(int(T), 1) // C)
+    per_chunk = max(_chunk_products_bytes(C, leaves, itemsize), 1.0)
+    states = float(T) * sum(b * K * V for b, K, V, _, _, _ in leaves) * itemsize
+    if N * per_chunk <= states / 8:
+        return 0
     budget = CHUNK_GROUP_BYTES.get(backend, CHUNK_GROUP_BYTES["gpu"])
-    G = max(1, int(budget // max(_chunk_products_bytes(C, leaves, itemsize), 1.0)))
+    G = max(1, int(budget // per_chunk))
     return 0 if G >= N else G
 
 
