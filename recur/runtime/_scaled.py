@@ -41,7 +41,7 @@ _HIGHEST = lax.Precision.HIGHEST
 def _bits(dtype):
     """``(finfo, integer type of the same width, exponent bias, all-ones exponent)``."""
     fi = jnp.finfo(dtype)
-    return fi, (jnp.int32 if fi.bits == 32 else jnp.int64), 1 - int(fi.minexp), \
+    return fi, {16: jnp.int16, 32: jnp.int32, 64: jnp.int64}[fi.bits], 1 - int(fi.minexp), \
         (1 << int(fi.nexp)) - 1
 
 
