@@ -31,11 +31,13 @@ its VJP w.r.t. the cotangents, transposed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 
 from .. import _jax_adapter as jx
 from .._dtypes import is_inexact
@@ -60,6 +62,12 @@ class Sparsity:
     @property
     def nnz(self) -> int:
         return int(self.pattern.sum())
+
+    @functools.cached_property
+    def csr(self) -> sp.csr_matrix:
+        """The pattern as a sparse matrix, built once: the later passes need only its
+        components, row and column sets and diagonal, in time of its nonzeros."""
+        return sp.csr_matrix(self.pattern)
 
 
 def _cond(eqn, ins, known, n):

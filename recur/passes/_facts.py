@@ -18,8 +18,10 @@ confirm is not used: an unconfirmed structure becomes dense, an unconfirmed affi
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from .._ir import StepIR, Structure
 from ._linearity import Linearity, analyse_linearity
@@ -33,13 +35,12 @@ def state_kinds(ir: StepIR, pattern: np.ndarray, linearity: Linearity):
     """Per state leaf: ``affine`` (in all states jointly), ``diagonal`` (nonlinear, each new
     element reads only its own old element) or ``nonlinear``."""
     out = []
+    pattern = sp.csr_matrix(pattern)
     for leaf, off, level in zip(ir.state, ir.offsets, linearity.levels):
-        rows = pattern[off:off + leaf.size]
-        own = np.zeros_like(rows)
-        own[np.arange(leaf.size), off + np.arange(leaf.size)] = True
+        rows, cols = pattern[off:off + leaf.size].nonzero()
         if level != "nonlinear":
             kind = "affine"
-        elif not np.any(rows & ~own):
+        elif np.all(cols == off + rows):
             kind = "diagonal"
         else:
             kind = "nonlinear"
@@ -120,11 +121,11 @@ def _kind(structure: Structure, affine: bool, linear: bool) -> str:
 
 
 def _jacobian_name(structure: Structure, affine: bool, unit: bool, scalar: bool,
-                   sub_pattern: np.ndarray) -> str:
+                   sub_pattern) -> str:
     """``identity``/``scalar`` only where the linearity pass proves it (never from a probe:
     ``diag(x > 0.4)`` looks like ``c I`` at a few random points)."""
     if structure.jacobian == "diagonal":
-        full = bool(np.all(np.diag(sub_pattern)))
+        full = bool(np.all(sub_pattern.diagonal()))
         if affine and full and unit:
             return "identity"
         if (affine and scalar) or sub_pattern.shape[0] == 1:
@@ -147,13 +148,15 @@ class _Facts:
     checked: Verification
     kind: str
     jacobian: str
-    sub: np.ndarray
+    sub: Any  # the stage's block of the pattern (scipy sparse)
     unconfirmed: str = ""
     semiring: SemiringFacts | None = None  # stages that are not affine (the semiring pass)
 
 
 def _classify(ir: StepIR, pattern, index, elements, exact, options, values) -> tuple[_Facts, list]:
-    sub = pattern[np.ix_(elements, elements)]
+    pattern = sp.csr_matrix(pattern)
+    sub = pattern if len(elements) == pattern.shape[0] and np.array_equal(
+        elements, np.arange(len(elements))) else pattern[elements][:, elements]
     structure = analyse_structure(sub)
     affine, linear, unit, scalar, reasons = _stage_linearity(ir, elements)
     names = stage_names(ir, elements)
@@ -173,7 +176,7 @@ def _classify(ir: StepIR, pattern, index, elements, exact, options, values) -> t
                          + ("; this is a bug in recur's dependency pass, please report it"
                             if checked.structure_ok is False else
                             " of the unconfirmed one"))
-            structure = analyse_structure(np.ones_like(sub))
+            structure = analyse_structure(np.ones(sub.shape, bool))
         elif checked.structure_ok is not True and structure.colours is not None:
             structure = dataclasses.replace(structure, colours=None, pattern=None)
         if affine and checked.affine_ok is not True:

@@ -49,7 +49,7 @@ class _Lowering:
 
     @property
     def pattern(self):
-        return self.sparsity.pattern
+        return self.sparsity.csr
 
 
 def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = None,

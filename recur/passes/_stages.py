@@ -23,14 +23,16 @@ import scipy.sparse as sp
 from scipy.sparse import csgraph
 
 
-def stage_elements(pattern: np.ndarray) -> list[np.ndarray]:
-    """Flat element indices of each stage, in execution order."""
+def stage_elements(pattern) -> list[np.ndarray]:
+    """Flat element indices of each stage, in execution order (``pattern``: dense or
+    scipy sparse)."""
     n = pattern.shape[0]
     if n == 0:
         return []
-    graph = sp.csr_matrix(pattern.T)  # edge j -> i for pattern[i, j]
+    pattern = sp.csr_matrix(pattern)
+    graph = pattern.T.tocsr()  # edge j -> i for pattern[i, j]
     n_scc, labels = csgraph.connected_components(graph, directed=True, connection="strong")
-    rows, cols = np.nonzero(pattern)  # new rows[k] reads old cols[k]
+    rows, cols = pattern.nonzero()  # new rows[k] reads old cols[k]
     src, dst = labels[cols], labels[rows]
     cross = src != dst
     edges = np.unique(np.stack([src[cross], dst[cross]], axis=1), axis=0) \

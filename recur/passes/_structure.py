@@ -116,13 +116,16 @@ def _layout(labels: np.ndarray, n_comp: int, k: int) -> np.ndarray:
     return blocks
 
 
-def analyse_structure(pattern: np.ndarray) -> Structure:
+def analyse_structure(pattern) -> Structure:
+    """The structure of a pattern (dense or scipy sparse; made dense only for a dense
+    Jacobian's colouring)."""
     n = pattern.shape[0]
     if n == 0:
         return Structure("zero", 0, np.zeros((0, 0), np.int64), (), 0, np.zeros(0, np.int64))
-    graph = sp.csr_matrix(pattern.T)  # edge j -> i for S[i, j]
+    sparse = sp.csr_matrix(pattern)
+    graph = sparse.T.tocsr()  # edge j -> i for S[i, j]
     n_scc, scc_labels = csgraph.connected_components(graph, directed=True, connection="strong")
-    if not pattern.any():
+    if not sparse.nnz:
         blocks = np.arange(n, dtype=np.int64)[:, None]
         return Structure("zero", 0, blocks, (1,) * n, int(n_scc), scc_labels)
     n_comp, labels = csgraph.connected_components(graph, directed=True, connection="weak")
@@ -132,7 +135,8 @@ def analyse_structure(pattern: np.ndarray) -> Structure:
         blocks = np.arange(n, dtype=np.int64)[:, None]
         return Structure("diagonal", 1, blocks, (1,) * n, int(n_scc), scc_labels)
     if k == n or n_comp * k * k >= n * n:
-        return _dense(n, int(n_scc), scc_labels, np.asarray(pattern, dtype=bool), graph)
+        dense = sparse.toarray() if sp.issparse(pattern) else pattern
+        return _dense(n, int(n_scc), scc_labels, np.asarray(dense, dtype=bool), graph)
     order = np.argsort([min(np.flatnonzero(labels == c)) for c in range(n_comp)], kind="stable")
     relabel = np.empty(n_comp, dtype=np.int64)
     relabel[order] = np.arange(n_comp)
