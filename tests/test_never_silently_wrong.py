@@ -32,7 +32,7 @@ def _dropping_edges(real):
     analysis bug): the first leaf becomes a stage of its own, run before the second."""
     def wrong(ir):
         sp = real(ir)
-        pattern = sp.pattern.copy()
+        pattern = sp.pattern.toarray()
         offs = list(ir.offsets) + [ir.n_state]
         pattern[offs[0]:offs[1], offs[1]:offs[2]] = False
         return dataclasses.replace(sp, pattern=pattern, primal=pattern, tangent=None)

@@ -3,9 +3,9 @@ r"""Dependency pass: the Jacobian sparsity pattern of a step w.r.t. the state.
 For a step ``h' = f(h, x, p)`` with ``n`` state elements, the pattern is the boolean
 ``n x n`` matrix ``S`` with ``S[i, j] = True`` whenever ``∂h'_i/∂h_j`` may be nonzero for
 *some* inputs and params.  It is computed by abstract interpretation of the step's jaxpr:
-every value ``v`` of shape ``s`` carries a boolean array ``D_v`` of shape ``s + (n,)``,
+every value ``v`` with ``m`` elements carries a sparse boolean ``(m, n)`` matrix ``D_v``,
 
-    D_v[k, j] = True  ⇐  element k of v may depend on state element j,
+    D_v[k, j] = True  ⇐  flat element k of v may depend on state element j,
 
 seeded with ``D_{h} = I`` and propagated equation by equation, by a rule per primitive:
 elementwise primitives and data movement in ``_dependency_movement``, reductions, windows
@@ -31,7 +31,6 @@ its VJP w.r.t. the cotangents, transposed.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Sequence
 
 import jax
@@ -43,7 +42,8 @@ from .. import _jax_adapter as jx
 from .._dtypes import is_inexact
 from . import _dependency_movement as movement_rules
 from . import _dependency_reductions as reduction_rules
-from ._dependency_arrays import broadcast_vector, dense, shape_of, size_of, union
+from ._dependency_arrays import (as_flat, broadcast_vector, dense, read, same, seed, shape_of,
+                                 size_of, union, union_vector)
 from ._numpy_primitives import np_impl
 from ._trace import StepIR
 
@@ -52,22 +52,28 @@ _KNOWN_SIZE_LIMIT = 1 << 16
 
 @dataclasses.dataclass(frozen=True)
 class Sparsity:
-    """The state Jacobian pattern: ``pattern[i, j]`` — new element i may read old element j."""
+    """The state Jacobian pattern: ``pattern[i, j]`` — new element i may read old element j.
 
-    pattern: np.ndarray
-    primal: np.ndarray  # what the values read
-    tangent: np.ndarray | None  # what the derivative (JVP, else VJP) reads; None: neither
+    Sparse ``(n, n)`` boolean matrices (CSR; a dense array given is converted): the later
+    passes need only components, row and column sets and the diagonal, in time of the
+    nonzeros."""
+
+    pattern: sp.csr_matrix
+    primal: sp.csr_matrix  # what the values read
+    tangent: sp.csr_matrix | None  # what the derivative (JVP, else VJP) reads; None: neither
     has_jvp: bool = True  # forward-mode autodiff goes through the step (w.r.t. the state)
+
+    def __post_init__(self):
+        for name in ("pattern", "primal", "tangent"):
+            m = getattr(self, name)
+            if m is not None:
+                m = sp.csr_matrix(m, dtype=bool)
+                m.eliminate_zeros()
+                object.__setattr__(self, name, m)
 
     @property
     def nnz(self) -> int:
-        return int(self.pattern.sum())
-
-    @functools.cached_property
-    def csr(self) -> sp.csr_matrix:
-        """The pattern as a sparse matrix, built once: the later passes need only its
-        components, row and column sets and diagonal, in time of its nonzeros."""
-        return sp.csr_matrix(self.pattern)
+        return int(self.pattern.nnz)
 
 
 def _cond(eqn, ins, known, n):
@@ -79,17 +85,13 @@ def _cond(eqn, ins, known, n):
         res = analyse_jaxpr(jx.as_closed(br), ins[1:], known[1:], n)
         outs = res if outs is None else [union(a, b) for a, b in zip(outs, res)]
     if ins[0] is not None:
-        u = ins[0].reshape(-1, n).any(axis=0)
-        outs = [union(o, broadcast_vector(u, shape_of(v))) for o, v in zip(outs, eqn.outvars)]
+        outs = _read_also(outs, eqn.outvars, union_vector(ins[:1], n))
     return outs
 
 
-def _same(a, b) -> bool:
-    """Equal dependency arrays, where None means "depends on nothing"."""
-    if a is None or b is None:
-        other = b if a is None else a
-        return other is None or not other.any()
-    return bool(np.array_equal(a, b))
+def _read_also(outs, outvars, u):
+    """Every element of every output also reads the row ``u``."""
+    return [union(o, broadcast_vector(u, size_of(shape_of(v)))) for o, v in zip(outs, outvars)]
 
 
 _MAX_FIXPOINT = 64
@@ -106,9 +108,8 @@ def _while(eqn, ins, known, n):
         body = analyse_jaxpr(jx.as_closed(p["body_jaxpr"]), bconsts + carry, kb + nk, n)
         new = [union(c, b) for c, b in zip(carry, body)]
         if pred is not None:
-            u = pred.reshape(-1, n).any(axis=0)
-            new = [union(c, broadcast_vector(u, shape_of(v))) for c, v in zip(new, eqn.outvars)]
-        if all(_same(a, b) for a, b in zip(new, carry)):
+            new = _read_also(new, eqn.outvars, union_vector([pred], n))
+        if all(same(a, b) for a, b in zip(new, carry)):
             return new
         carry = new
     return dense(eqn, ins, n)
@@ -120,19 +121,26 @@ def _scan(eqn, ins, known, n):
     p = eqn.params
     ncons, ncar = p["num_consts"], p["num_carry"]
     consts, carry, xs = ins[:ncons], list(ins[ncons:ncons + ncar]), ins[ncons + ncar:]
-    x_slices = [None if d is None else d.any(axis=0) for d in xs]
+    x_slices = [None if d is None else _slice_union(d, shape_of(v))
+                for d, v in zip(xs, eqn.invars[ncons + ncar:])]
     kconst = known[:ncons]
     nk = [None] * (len(carry) + len(xs))
     body = jx.as_closed(p["jaxpr"])
     for _ in range(_MAX_FIXPOINT):
         res = analyse_jaxpr(body, consts + carry + x_slices, kconst + nk, n)
         new = [union(c, r) for c, r in zip(carry, res[:ncar])]
-        if all(_same(a, b) for a, b in zip(new, carry)):
-            ys = [None if y is None else
-                  np.broadcast_to(y, (p["length"],) + y.shape).copy() for y in res[ncar:]]
+        if all(same(a, b) for a, b in zip(new, carry)):
+            ys = [None if y is None else read(y, np.tile(np.arange(y.shape[0]), p["length"]))
+                  for y in res[ncar:]]
             return new + ys
         carry = new
     return dense(eqn, ins, n)
+
+
+def _slice_union(d, shape):
+    """``∨`` over the leading axis: what element k of any slice reads."""
+    per = size_of(shape[1:])
+    return read(d, np.arange(size_of(shape)).reshape(shape[0], per).T)
 
 
 def _dispatch(eqn, ins, known, n):
@@ -188,7 +196,8 @@ def _rule(eqn, ins, known, n):
     except Exception:  # noqa: BLE001 - any failure of a precise rule means "dense"
         return dense(eqn, ins, n)
     if len(outs) != len(eqn.outvars) or any(
-            d is not None and (d.dtype != bool or d.shape != shape_of(v) + (n,))
+            d is not None and (not sp.issparse(d) or d.format != "csr" or d.dtype != bool
+                               or d.shape != (size_of(shape_of(v)), n))
             for d, v in zip(outs, eqn.outvars)):
         return dense(eqn, ins, n)
     return outs
@@ -213,7 +222,7 @@ def _try_known(eqn, vals):
 
 
 def analyse_jaxpr(closed, in_deps: Sequence[Any], in_known: Sequence[Any], n: int) -> list[Any]:
-    """Propagate dependency arrays through ``closed``; returns the outputs' ``D``s."""
+    """Propagate dependency matrices through ``closed``; returns the outputs' ``D``s."""
     jaxpr = closed.jaxpr
     env: dict[Any, Any] = {}
     known: dict[Any, Any] = {}
@@ -254,18 +263,16 @@ def analyse_jaxpr(closed, in_deps: Sequence[Any], in_known: Sequence[Any], n: in
 
 # --- the step -------------------------------------------------------------------------------
 
-def _leaf_seeds(ir: StepIR) -> list[np.ndarray]:
-    n = ir.n_state
-    eye = np.eye(n, dtype=bool)
-    return [eye[o:o + leaf.size].reshape(leaf.shape + (n,))
-            for leaf, o in zip(ir.state, ir.offsets)]
+def _leaf_seeds(ir: StepIR) -> list[sp.csr_matrix]:
+    return [seed(leaf.size, o, ir.n_state) for leaf, o in zip(ir.state, ir.offsets)]
 
 
-def _stack_outputs(outs, ir: StepIR) -> np.ndarray:
+def _stack_outputs(outs, ir: StepIR) -> sp.csr_matrix:
     n = ir.n_state
-    return np.concatenate([np.zeros((leaf.size, n), bool) if d is None else d.reshape(-1, n)
-                           for d, leaf in zip(outs, ir.state)]) if ir.state else \
-        np.zeros((0, 0), bool)
+    if not ir.state:
+        return sp.csr_matrix((0, 0), dtype=bool)
+    return sp.vstack([as_flat(d, (leaf.size,), n) for d, leaf in zip(outs, ir.state)],
+                     format="csr")
 
 
 def _inexact(ir: StepIR) -> list[int]:
@@ -293,7 +300,7 @@ def _split(ir: StepIR, leaves):
             leaves[nh + nx + npar:])
 
 
-def _tangent_pattern(ir: StepIR, which, seeds, free, n) -> np.ndarray:
+def _tangent_pattern(ir: StepIR, which, seeds, free, n) -> sp.csr_matrix:
     """What the JVP w.r.t. the ``which`` state tangents reads."""
     def jvp_flat(*leaves):
         h, x, p, t = _split(ir, leaves)
@@ -305,7 +312,7 @@ def _tangent_pattern(ir: StepIR, which, seeds, free, n) -> np.ndarray:
     return _stack_outputs(analyse_jaxpr(tj, ins, [None] * len(ins), n), ir)
 
 
-def _cotangent_pattern(ir: StepIR, which, seeds, free, n) -> np.ndarray:
+def _cotangent_pattern(ir: StepIR, which, seeds, free, n) -> sp.csr_matrix:
     """What the VJP reads, transposed: cotangent element ``j`` of ``h`` reading cotangent
     element ``i`` of ``h'`` is the entry ``(i, j)`` of the Jacobian the VJP applies."""
     def vjp_flat(*leaves):
@@ -320,7 +327,7 @@ def _cotangent_pattern(ir: StepIR, which, seeds, free, n) -> np.ndarray:
     rows = [None] * len(ir.state)
     for i, d in zip(which, outs):
         rows[i] = d
-    return _stack_outputs(rows, ir).T
+    return _stack_outputs(rows, ir).T.tocsr()
 
 
 def jacobian_sparsity(ir: StepIR) -> Sparsity:
@@ -340,7 +347,7 @@ def jacobian_sparsity(ir: StepIR) -> Sparsity:
             except Exception:  # noqa: BLE001 - e.g. a custom_vjp function has no JVP
                 has_jvp = has_jvp and derivative is not _tangent_pattern
                 continue
-    pattern = primal if tangent is None else (primal | tangent)
+    pattern = primal if tangent is None else primal + tangent
     return Sparsity(pattern=pattern, primal=primal, tangent=tangent, has_jvp=has_jvp)
 
 

@@ -1,19 +1,26 @@
-r"""Dependency arrays: how the dependency pass stores what each value reads, and the
+r"""Dependency matrices: how the dependency pass stores what each value reads, and the
 helpers its rules share.
 
-A value ``v`` of shape ``s`` carries ``D_v``, a boolean array of shape ``s + (n,)`` for
-``n`` state elements (``D_v[k, j]``: element k of v may read state element j; see
-``_dependency``), or ``None`` where ``v`` reads no state element at all.
-``U(v) = ∨_k D_v[k]`` is everything any element of ``v`` reads.  The conservative rule
-``dense``, ``D_out[k] = ∨_v U(v)`` (every output element reads everything any input reads),
-is the answer wherever a precise rule does not apply.  A precise rule that would
-materialise too much (``check_budget``: more than ``2^27`` booleans) raises ``TooBig`` and
-gets the dense answer too.
+A value ``v`` with ``m`` elements carries ``D_v``, a sparse boolean ``(m, n)`` matrix (CSR)
+for ``n`` state elements (``D_v[k, j]``: flat element k of v may read state element j; see
+``_dependency``), or ``None`` where ``v`` reads no state element at all.  Sparse, because
+the patterns of real steps are: a 16-head, 128 x 128 linear-attention state has
+``n = 262144`` and a diagonal pattern, ``n`` nonzeros where a dense ``n x n`` array would
+hold 69 GB.  ``U(v) = ∨_k D_v[k]`` (a ``(1, n)`` row) is everything any element of ``v``
+reads.  The conservative rule ``dense``, ``D_out[k] = ∨_v U(v)`` (every output element
+reads everything any input reads), is the answer wherever a precise rule does not apply.
 
-Most precise rules move rows: with ``idx[k]`` the flat operand position result element
-``k`` comes from (``-1``: a padding, fill or hole), ``D_out[k] = D_op[idx[k]]``
-(``gather_rows``); ``window_sources`` gives those positions for every (output, window
-offset) pair of a padded, base- and window-dilated window.
+Every precise rule is one of two sparse products with a 0/1 selection matrix:
+
+* ``read(D, src)``: ``D_out[o] = ∨_w D[src[o, w]]`` -- output element ``o`` reads the
+  operand elements ``src[o, :]`` (``-1``: a padding, fill or hole, which reads nothing);
+  ``src`` comes from applying the primitive to element indices (data movement), from a
+  window's sources, from broadcasting, or from a contraction's nonzero pattern;
+* ``collect(D, dst, m)``: ``D_out[o] = ∨_{i : dst[i] = o} D[i]`` -- its transpose, for
+  reductions (``dst``: the output element an operand element is reduced into) and scatters.
+
+A rule that would materialise too much (``check_budget``: more than ``2^27`` selected
+entries) raises ``TooBig`` and gets the dense answer instead.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
 from ._numpy_primitives import np_pad
 
-_WORK_LIMIT = 1 << 27  # booleans one rule may materialise before it gives up (dense answer)
+_WORK_LIMIT = 1 << 27  # entries one rule may select or materialise before it gives up (dense)
 
 
 class TooBig(Exception):
@@ -44,16 +52,20 @@ def check_budget(*counts: int) -> None:
         raise TooBig
 
 
-def union_vector(ins: Sequence[Any], n: int) -> np.ndarray:
-    u = np.zeros(n, bool)
-    for d in ins:
-        if d is not None:
-            u |= d.reshape(-1, n).any(axis=0)
-    return u
+def empty(m: int, n: int) -> sp.csr_matrix:
+    return sp.csr_matrix((m, n), dtype=bool)
 
 
-def broadcast_vector(vec: np.ndarray, shape) -> np.ndarray:
-    return np.broadcast_to(vec, tuple(shape) + vec.shape[-1:]).copy()
+def as_flat(d, shape, n) -> sp.csr_matrix:
+    """``D`` with ``None`` (reads nothing) as an all-false matrix of the value's rows."""
+    return empty(size_of(shape), n) if d is None else d
+
+
+def seed(m: int, offset: int, n: int) -> sp.csr_matrix:
+    """The state leaf at ``offset`` with ``m`` elements: element k reads state element
+    ``offset + k``."""
+    return sp.csr_matrix((np.ones(m, bool), np.arange(offset, offset + m), np.arange(m + 1)),
+                         shape=(m, n))
 
 
 def union(a, b):
@@ -61,27 +73,69 @@ def union(a, b):
         return b
     if b is None:
         return a
-    return a | b
+    return a + b  # boolean sparse addition is ∨
+
+
+def same(a, b) -> bool:
+    """Equal dependency matrices, where ``None`` means "reads nothing"."""
+    if a is None or b is None:
+        other = b if a is None else a
+        return other is None or other.nnz == 0
+    return (a != b).nnz == 0
+
+
+def union_vector(ins: Sequence[Any], n: int) -> sp.csr_matrix:
+    """``∨`` of ``U`` over ``ins``: a ``(1, n)`` row."""
+    u = empty(1, n)
+    for d in ins:
+        if d is not None:
+            u = u + collect(d, np.zeros(d.shape[0], np.int64), 1)
+    return u
+
+
+def broadcast_vector(u: sp.csr_matrix, m: int) -> sp.csr_matrix:
+    """``m`` rows, each the row ``u``."""
+    return read(u, np.zeros(m, np.int64))
 
 
 def dense(eqn, ins, n):
     """The conservative answer: every output element reads everything any input reads."""
     u = union_vector(ins, n)
-    return [broadcast_vector(u, shape_of(v)) if u.any() else None for v in eqn.outvars]
+    return [broadcast_vector(u, size_of(shape_of(v))) if u.nnz else None
+            for v in eqn.outvars]
 
 
-def as_flat(d, shape, n):
-    return np.zeros((size_of(shape), n), bool) if d is None else d.reshape(-1, n)
+def read(d: sp.csr_matrix, src) -> sp.csr_matrix:
+    """``out[o] = ∨_w d[src[o, w]]`` (``src``: shape ``(m,)`` or ``(m, k)``; entries outside
+    ``[0, rows)`` read nothing)."""
+    src = np.asarray(src, dtype=np.int64)
+    src = src.reshape(-1, 1) if src.ndim < 2 else src
+    valid = (src >= 0) & (src < d.shape[0])
+    cols = src[valid]
+    per_row = np.diff(d.indptr)
+    check_budget(int(valid.sum()) + int(per_row[cols].sum()))
+    rows = np.nonzero(valid)[0]
+    select = sp.csr_matrix((np.ones(cols.size, bool), (rows, cols)),
+                           shape=(src.shape[0], d.shape[0]))
+    return (select @ d).tocsr()
 
 
-def gather_rows(d_flat: np.ndarray, idx: np.ndarray, n: int, out_shape) -> np.ndarray:
-    """``out[k] = d_flat[idx[k]]``, nothing where ``idx`` is out of range (padding, fill)."""
-    idx = np.asarray(idx)
-    check_budget(idx.size, n)
-    valid = (idx >= 0) & (idx < d_flat.shape[0])
-    out = np.zeros(idx.shape + (n,), bool)
-    out[valid] = d_flat[idx[valid]]
-    return out.reshape(tuple(out_shape) + (n,))
+def collect(d: sp.csr_matrix, dst, m: int) -> sp.csr_matrix:
+    """``out[o] = ∨_{i : dst[i] = o} d[i]`` for ``m`` output rows (``dst[i] < 0``: row ``i``
+    goes nowhere)."""
+    dst = np.asarray(dst, dtype=np.int64).reshape(-1)
+    valid = dst >= 0
+    check_budget(int(valid.sum()) + d.nnz)
+    select = sp.csr_matrix((np.ones(int(valid.sum()), bool), (dst[valid], np.nonzero(valid)[0])),
+                           shape=(m, d.shape[0]))
+    return (select @ d).tocsr()
+
+
+def broadcast_source(shape, out_shape) -> np.ndarray:
+    """For an operand of ``shape`` broadcast (numpy rules) to ``out_shape``: the flat operand
+    element every output element is a copy of."""
+    lifted = iota(shape).reshape((1,) * (len(out_shape) - len(shape)) + tuple(shape))
+    return np.broadcast_to(lifted, out_shape)
 
 
 def iota(shape, offset=0):
@@ -104,5 +158,12 @@ def window_sources(shape, p) -> np.ndarray:
     return padded[tuple(grids)]
 
 
-__all__ = ["TooBig", "shape_of", "size_of", "check_budget", "union_vector", "broadcast_vector",
-           "union", "dense", "as_flat", "gather_rows", "iota", "window_sources"]
+def window_read(d, shape, src) -> sp.csr_matrix:
+    """``∨`` over each output's window: ``src`` of shape ``out_shape + window``."""
+    r = len(shape)
+    return read(d, src.reshape(size_of(src.shape[:r]), size_of(src.shape[r:])))
+
+
+__all__ = ["TooBig", "shape_of", "size_of", "check_budget", "empty", "as_flat", "seed",
+           "union", "same", "union_vector", "broadcast_vector", "dense", "read", "collect",
+           "broadcast_source", "iota", "window_sources", "window_read"]

@@ -1,5 +1,5 @@
 r"""Dependency rules for elementwise primitives and data movement (see ``_dependency_arrays``
-for the arrays ``D`` they compute).
+for the sparse matrices ``D`` they compute: every rule is a ``read`` or a ``collect``).
 
 * elementwise primitives: ``D_out[k] = ∨_v D_v[k]`` (scalars and size-1 axes broadcast);
   ``select_n`` on a predicate known at trace time reads only the chosen case;
@@ -25,9 +25,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 
-from ._dependency_arrays import (TooBig, as_flat, dense, gather_rows, iota, shape_of, size_of,
-                                 union_vector, window_sources)
+from ._dependency_arrays import (TooBig, as_flat, broadcast_source, broadcast_vector, collect,
+                                 dense, iota, read, shape_of, size_of, union, union_vector,
+                                 window_read, window_sources)
 from ._numpy_primitives import bind_indices
 
 ELEMENTWISE = frozenset("""
@@ -52,26 +54,28 @@ SCATTERS = frozenset({"scatter", "scatter-add", "scatter-sub", "scatter-mul", "s
 
 
 def elementwise(eqn, ins, n):
+    """``D_out[k] = ∨_v D_v[src_v(k)]``, ``src_v`` the element of ``v`` broadcast to ``k``."""
     shape = shape_of(eqn.outvars[0])
-    out = np.zeros(shape + (n,), bool)
-    for d in ins:
+    out = None
+    for a, d in zip(eqn.invars, ins):
         if d is None:
             continue
-        s = d.shape[:-1]
-        if len(s) > len(shape) or not all(a in (1, b) for a, b in zip(s[::-1], shape[::-1])):
+        s = shape_of(a)
+        if len(s) > len(shape) or not all(x in (1, y) for x, y in zip(s[::-1], shape[::-1])):
             return dense(eqn, ins, n)
-        # scalar or size-1 axes broadcast: each output element reads the element it came from
-        out |= d.reshape((1,) * (len(shape) - len(s)) + d.shape)
+        out = union(out, d if s == shape else read(d, broadcast_source(s, shape).reshape(-1)))
     return [out for _ in eqn.outvars]
 
 
 def select_known(eqn, ins, known, n):
     """``select_n`` with a predicate known at trace time reads only the chosen case."""
-    which = np.broadcast_to(np.asarray(known[0]).astype(np.int64), shape_of(eqn.outvars[0]))
-    out = np.zeros(shape_of(eqn.outvars[0]) + (n,), bool)
-    for case, d in enumerate(ins[1:]):
+    shape = shape_of(eqn.outvars[0])
+    which = np.broadcast_to(np.asarray(known[0]).astype(np.int64), shape).reshape(-1)
+    out = None
+    for case, (a, d) in enumerate(zip(eqn.invars[1:], ins[1:])):
         if d is not None:
-            out |= np.broadcast_to(d, out.shape) & (which == case)[..., None]
+            src = broadcast_source(shape_of(a), shape).reshape(-1)
+            out = union(out, read(d, np.where(which == case, src, -1)))
     return [out]
 
 
@@ -80,27 +84,30 @@ def movement(eqn, ins, n):
     apply the primitive to indices."""
     if len(eqn.invars) != 1:
         return dense(eqn, ins, n)
-    shape = shape_of(eqn.invars[0])
-    idxs = bind_indices(eqn, [iota(shape)])
-    return [gather_rows(as_flat(ins[0], shape, n), i, n, shape_of(v))
-            for i, v in zip(idxs, eqn.outvars)]
+    idxs = bind_indices(eqn, [iota(shape_of(eqn.invars[0]))])
+    return [read(ins[0], i.reshape(-1)) for i in idxs]
+
+
+def _stacked(invars, ins, n):
+    """The operands' rows one after another, and each operand's first flat position."""
+    offs = np.cumsum([0] + [size_of(shape_of(a)) for a in invars])
+    return sp.vstack([as_flat(d, shape_of(a), n) for a, d in zip(invars, ins)],
+                     format="csr"), offs
 
 
 def gathering(eqn, ins, n):
     """``concatenate``/``stack``: the operands' indices, offset, through the primitive."""
-    offs = np.cumsum([0] + [size_of(shape_of(a)) for a in eqn.invars])
+    flat, offs = _stacked(eqn.invars, ins, n)
     idx = bind_indices(eqn, [iota(shape_of(a), o) for a, o in zip(eqn.invars, offs)])[0]
-    flat = np.concatenate([as_flat(d, shape_of(a), n) for a, d in zip(eqn.invars, ins)])
-    return [gather_rows(flat, idx, n, shape_of(eqn.outvars[0]))]
+    return [read(flat, idx.reshape(-1))]
 
 
 def pad(eqn, ins, n):
-    idx = bind_indices(eqn, [iota(shape_of(eqn.invars[0])), np.int32(-1)])[0]
-    out = gather_rows(as_flat(ins[0], shape_of(eqn.invars[0]), n), idx, n,
-                      shape_of(eqn.outvars[0]))
-    if ins[1] is not None:
-        out[idx < 0] |= ins[1].reshape(n)
-    return [out]
+    """A padding element reads the padding value (row ``m`` after the operand's ``m``)."""
+    shape = shape_of(eqn.invars[0])
+    idx = bind_indices(eqn, [iota(shape), np.int32(-1)])[0].reshape(-1)
+    flat, _ = _stacked(eqn.invars, ins, n)
+    return [read(flat, np.where(idx < 0, size_of(shape), idx))]
 
 
 def indexed(eqn, ins, known, n):
@@ -111,14 +118,12 @@ def indexed(eqn, ins, known, n):
         if eqn.primitive.name == "gather":
             return dense(eqn, ins, n)
         return _dynamic_anywhere(eqn, ins, n)
-    offs = np.cumsum([0] + [size_of(shape_of(a)) for a in eqn.invars[:n_data]])
+    flat, offs = _stacked(eqn.invars[:n_data], ins[:n_data], n)
     data = [iota(shape_of(a), o) for a, o in zip(eqn.invars[:n_data], offs)]
     # a gather fills out-of-bounds elements with a constant: -1, which reads nothing
     overrides = {"fill_value": -1} if eqn.primitive.name == "gather" else {}
     idx = bind_indices(eqn, data + list(index_vals), **overrides)[0]
-    flat = np.concatenate([as_flat(d, shape_of(a), n)
-                           for a, d in zip(eqn.invars[:n_data], ins[:n_data])])
-    return [gather_rows(flat, idx, n, shape_of(eqn.outvars[0]))]
+    return [read(flat, idx.reshape(-1))]
 
 
 def _sliding_or(d, shape, window, pad, n):
@@ -127,9 +132,7 @@ def _sliding_or(d, shape, window, pad, n):
     p = {"window_dimensions": window, "window_strides": (1,) * len(shape),
          "padding": tuple((q, q) for q in pad), "base_dilation": (1,) * len(shape),
          "window_dilation": (1,) * len(shape)}
-    src = window_sources(shape, p)
-    r = len(shape)
-    return gather_rows(as_flat(d, shape, n), src, n, src.shape).any(axis=tuple(range(r, 2 * r)))
+    return window_read(as_flat(d, shape, n), shape, window_sources(shape, p))
 
 
 def _dynamic_anywhere(eqn, ins, n):
@@ -154,9 +157,10 @@ def _dynamic_anywhere(eqn, ins, n):
                 [-1 if a == axis else 1 for a in range(len(op_shape))])
             always &= (pos >= k) & (pos < size)
         if ins[0] is not None:
-            out |= ins[0] & ~always[..., None]
+            out = out + read(ins[0], np.where(always, -1, iota(op_shape)).reshape(-1))
         index = ins[2:]
-    return [out | union_vector(index, n)]
+    u = union_vector(index, n)
+    return [out + broadcast_vector(u, out.shape[0]) if u.nnz else out]
 
 
 def _scatter_targets(eqn, indices) -> np.ndarray:
@@ -180,16 +184,17 @@ def _scatter_targets(eqn, indices) -> np.ndarray:
 def scatter(eqn, ins, known, n):
     if len(eqn.invars) != 3 or known[1] is None or ins[1] is not None:
         return dense(eqn, ins, n)
-    op_shape, upd_shape = shape_of(eqn.invars[0]), shape_of(eqn.invars[2])
+    op_shape = shape_of(eqn.invars[0])
     target = _scatter_targets(eqn, known[1])
-    landed = target >= 0
-    out = as_flat(ins[0], op_shape, n).copy()
     replace = eqn.primitive.name == "scatter" and eqn.params.get("update_jaxpr") is None
+    kept = iota(op_shape).reshape(-1)
     if replace:  # overwritten elements forget the operand (``apply`` scatters do not)
-        out[target[landed]] = False
+        kept = kept.copy()
+        kept[target[target >= 0]] = -1
+    out = read(as_flat(ins[0], op_shape, n), kept)
     if ins[2] is not None:
-        np.logical_or.at(out, target[landed], as_flat(ins[2], upd_shape, n)[landed])
-    return [out.reshape(op_shape + (n,))]
+        out = out + collect(ins[2], target, size_of(op_shape))
+    return [out]
 
 
 __all__ = ["ELEMENTWISE", "MOVEMENT", "GATHERING", "PASS_THROUGH", "INDEXED", "SCATTERS",

@@ -49,7 +49,7 @@ class _Lowering:
 
     @property
     def pattern(self):
-        return self.sparsity.csr
+        return self.sparsity.pattern
 
 
 def make_plan(ir: StepIR, *, method: str | dict = "auto", backend: str | None = None,

@@ -109,10 +109,11 @@ def print_pattern(ir: StepIR, sp: Sparsity) -> str:
     n = ir.n_state
     lines = [f"{n} state elements, {sp.nnz} nonzeros in the Jacobian pattern"
              + ("" if sp.tangent is None else
-                f" (values read {int(sp.primal.sum())}, derivative reads {int(sp.tangent.sum())})")]
+                f" (values read {sp.primal.nnz}, derivative reads {sp.tangent.nnz})")]
     if n <= 32:
+        pattern = sp.pattern.toarray()
         for i in range(n):
-            row = "".join("x" if sp.pattern[i, j] else "." for j in range(n))
+            row = "".join("x" if pattern[i, j] else "." for j in range(n))
             lines.append(f"  {row}  {ir.element_name(i)}")
     return "\n".join(lines)
 

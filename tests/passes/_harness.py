@@ -53,7 +53,7 @@ class Case:
     def pattern(self) -> np.ndarray:
         xs = None if self.x0 is None else jnp.stack([self.x0, self.x0])
         ir = trace_step(self.step, self.h0, xs, None, length=None if xs is not None else 2)
-        return jacobian_sparsity(ir).pattern
+        return jacobian_sparsity(ir).pattern.toarray()
 
     def _unravel(self, z):
         out, start = {}, 0
