@@ -42,8 +42,9 @@ from .. import _jax_adapter as jx
 from .._dtypes import is_inexact
 from . import _dependency_movement as movement_rules
 from . import _dependency_reductions as reduction_rules
-from ._dependency_arrays import (as_flat, broadcast_vector, dense, read, same, seed, shape_of,
-                                 size_of, union, union_vector)
+from .._errors import PlanError
+from ._dependency_arrays import (TooDense, as_flat, broadcast_vector, dense, read, same, seed,
+                                 shape_of, size_of, union, union_vector)
 from ._numpy_primitives import np_impl
 from ._trace import StepIR
 
@@ -336,17 +337,27 @@ def jacobian_sparsity(ir: StepIR) -> Sparsity:
     seeds = _leaf_seeds(ir)
     free = [None] * (len(ir.inputs) + len(ir.params))
     which = _inexact(ir)
-    with jax.ensure_compile_time_eval():
-        primal = _stack_outputs(
-            analyse_jaxpr(ir.jaxpr, seeds + free, [None] * (len(seeds) + len(free)), n), ir)
-        tangent, has_jvp = None, True
-        for derivative in (_tangent_pattern, _cotangent_pattern) if which else ():
-            try:
-                tangent = derivative(ir, which, seeds, free, n)
-                break
-            except Exception:  # noqa: BLE001 - e.g. a custom_vjp function has no JVP
-                has_jvp = has_jvp and derivative is not _tangent_pattern
-                continue
+    try:
+        with jax.ensure_compile_time_eval():
+            primal = _stack_outputs(
+                analyse_jaxpr(ir.jaxpr, seeds + free, [None] * (len(seeds) + len(free)), n), ir)
+            tangent, has_jvp = None, True
+            for derivative in (_tangent_pattern, _cotangent_pattern) if which else ():
+                try:
+                    tangent = derivative(ir, which, seeds, free, n)
+                    break
+                except TooDense:
+                    raise
+                except Exception:  # noqa: BLE001 - e.g. a custom_vjp function has no JVP
+                    has_jvp = has_jvp and derivative is not _tangent_pattern
+                    continue
+    except TooDense as e:
+        raise PlanError(
+            f"the dependency pass cannot follow `{e.primitive}` in the step, so it takes each "
+            f"of its {e.rows} output elements to read all {e.reads} state elements its inputs "
+            f"read: a pattern too large to hold for a state of {n} elements. Express that "
+            f"part of the step in jax.numpy/lax primitives the pass knows (callbacks and "
+            f"custom kernels are opaque to it), or split the state.") from None
     pattern = primal if tangent is None else primal + tangent
     return Sparsity(pattern=pattern, primal=primal, tangent=tangent, has_jvp=has_jvp)
 

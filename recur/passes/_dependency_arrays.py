@@ -20,7 +20,9 @@ Every precise rule is one of two sparse products with a 0/1 selection matrix:
   reductions (``dst``: the output element an operand element is reduced into) and scatters.
 
 A rule that would materialise too much (``check_budget``: more than ``2^27`` selected
-entries) raises ``TooBig`` and gets the dense answer instead.
+entries) raises ``TooBig`` and gets the dense answer instead; a dense answer of more than
+``2^29`` entries (a primitive the pass cannot follow, over a state of tens of thousands of
+elements) raises ``TooDense``, which the pass reports as a ``PlanError``.
 """
 
 from __future__ import annotations
@@ -95,14 +97,36 @@ def union_vector(ins: Sequence[Any], n: int) -> sp.csr_matrix:
 
 def broadcast_vector(u: sp.csr_matrix, m: int) -> sp.csr_matrix:
     """``m`` rows, each the row ``u``."""
-    return read(u, np.zeros(m, np.int64))
+    check_budget(m, u.nnz)
+    return _rows_of(u, m)
+
+
+def _rows_of(u: sp.csr_matrix, m: int) -> sp.csr_matrix:
+    k = u.nnz
+    return sp.csr_matrix((np.ones(m * k, bool), np.tile(u.indices, m), np.arange(m + 1) * k),
+                         shape=(m, u.shape[1]))
+
+
+class TooDense(Exception):
+    """The dense answer itself is too large to hold (more than ``2^29`` entries)."""
+
+    def __init__(self, primitive: str, rows: int, reads: int):
+        super().__init__(primitive, rows, reads)
+        self.primitive, self.rows, self.reads = primitive, rows, reads
+
+
+_DENSE_LIMIT = 1 << 29
 
 
 def dense(eqn, ins, n):
     """The conservative answer: every output element reads everything any input reads."""
     u = union_vector(ins, n)
-    return [broadcast_vector(u, size_of(shape_of(v))) if u.nnz else None
-            for v in eqn.outvars]
+    if not u.nnz:
+        return [None for _ in eqn.outvars]
+    rows = sum(size_of(shape_of(v)) for v in eqn.outvars)
+    if rows * u.nnz > _DENSE_LIMIT:
+        raise TooDense(eqn.primitive.name, rows, u.nnz)
+    return [_rows_of(u, size_of(shape_of(v))) for v in eqn.outvars]
 
 
 def read(d: sp.csr_matrix, src) -> sp.csr_matrix:
@@ -164,6 +188,6 @@ def window_read(d, shape, src) -> sp.csr_matrix:
     return read(d, src.reshape(size_of(src.shape[:r]), size_of(src.shape[r:])))
 
 
-__all__ = ["TooBig", "shape_of", "size_of", "check_budget", "empty", "as_flat", "seed",
+__all__ = ["TooBig", "TooDense", "shape_of", "size_of", "check_budget", "empty", "as_flat", "seed",
            "union", "same", "union_vector", "broadcast_vector", "dense", "read", "collect",
            "broadcast_source", "iota", "window_sources", "window_read"]

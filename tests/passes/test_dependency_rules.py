@@ -708,3 +708,17 @@ def test_a_linear_attention_state_of_real_size_is_analysed_sparsely():
     assert z_rows.nnz == H * (d * d + 1)
     head_of = np.where(z_rows.col < H * d * d, z_rows.col // (d * d), z_rows.col - H * d * d)
     np.testing.assert_array_equal(head_of, z_rows.row)
+
+
+@pytest.mark.timeout(120)
+def test_an_opaque_primitive_over_a_huge_state_is_a_plan_error():
+    """The dense answer for a callback over 40,000 elements (1.6e9 entries) is not held:
+    a PlanError names the primitive, never a MemoryError or an internal exception."""
+    n = 40_000
+
+    def step(h, x):
+        y = jax.pure_callback(lambda v: np.asarray(v)[::-1],
+                              jax.ShapeDtypeStruct(h.shape, h.dtype), h)
+        return 0.5 * y + x
+    with pytest.raises(recur.PlanError, match="pure_callback"):
+        recur.plan(step, jnp.zeros(n), jnp.ones((4, n)))
