@@ -188,12 +188,15 @@ def test_lyapunov_false_skips_the_estimate_not_the_check():
 
 
 def test_complex_nonlinear_state_under_strict_promotion():
-    # the contractivity estimate normalises a complex tangent by its real norm
+    # the contractivity estimate normalises a complex tangent by its real norm.  Its own
+    # generator: complex tanh has poles, and about one draw in ten (of the module's shared
+    # generator, whose state depends on test order) is not contractive along its trajectory
+    rng = np.random.default_rng(1)
     P, H, T = 4, 3, 40
-    lam = jnp.asarray(0.5 * np.exp(1j * RNG.uniform(0, 2 * np.pi, P)))
-    B = jnp.asarray(0.3 * (RNG.standard_normal((P, H)) + 1j * RNG.standard_normal((P, H))))
-    xs = jnp.asarray(RNG.standard_normal((T, H)))
-    h0 = jnp.asarray(0.1 * (RNG.standard_normal(P) + 1j * RNG.standard_normal(P)))
+    lam = jnp.asarray(0.5 * np.exp(1j * rng.uniform(0, 2 * np.pi, P)))
+    B = jnp.asarray(0.3 * (rng.standard_normal((P, H)) + 1j * rng.standard_normal((P, H))))
+    xs = jnp.asarray(rng.standard_normal((T, H)))
+    h0 = jnp.asarray(0.1 * (rng.standard_normal(P) + 1j * rng.standard_normal(P)))
 
     def step(h, x):
         return lam * jnp.tanh(h) * h + B @ x.astype(B.dtype)

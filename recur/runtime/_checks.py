@@ -128,12 +128,25 @@ def step_test(z, f, rtol, atol):
     return bad, fin, bad & ~finite
 
 
+def max_and_any(value, *flags):
+    """``(max(value, initial=0), any(flag) for each flag)`` in one pass: a single variadic
+    reduction, into which XLA fuses the elementwise work that makes its operands (separate
+    reductions made XLA on CPU materialise and re-read them: a step test of 4M elements took
+    19 ms, one pass 2.9 ms).  Diagnostics only: no derivative flows through."""
+    value = jax.lax.stop_gradient(value)
+    init = (jnp.zeros((), value.dtype),) + (jnp.asarray(False),) * len(flags)
+
+    def combine(a, b):
+        return (jnp.maximum(a[0], b[0]),) + tuple(x | y for x, y in zip(a[1:], b[1:]))
+    return jax.lax.reduce((value,) + tuple(flags), init, combine, tuple(range(value.ndim)))
+
+
 def summarize(bad, fin, nonfinite):
     """``(residual, ok)`` over all steps (and devices): the largest finite difference, or
     ``inf`` when an element disagrees through a non-finite value."""
-    res = jnp.max(fin, initial=0.0)
-    res = jnp.where(jnp.any(nonfinite), jnp.inf, res).astype(fin.dtype)
-    return _sharding.reduce_max(res), ~_sharding.reduce_any(jnp.any(bad))
+    res, any_nonfinite, any_bad = max_and_any(fin, nonfinite, bad)
+    res = jnp.where(any_nonfinite, jnp.inf, res).astype(fin.dtype)
+    return _sharding.reduce_max(res), ~_sharding.reduce_any(any_bad)
 
 
 def check(z, f, rtol, atol):
@@ -153,8 +166,8 @@ def error_test(e, z, rtol, atol):
     if valid is not None:
         ok = ok | ~valid[:, None]
         mag = jnp.where(valid[:, None], mag, 0)
-    err = jnp.max(jnp.where(jnp.isfinite(mag), mag, jnp.inf), initial=0.0).astype(rdt)
-    return _sharding.reduce_max(err), ~_sharding.reduce_any(jnp.any(~ok))
+    err, any_bad = max_and_any(jnp.where(jnp.isfinite(mag), mag, jnp.inf), ~ok)
+    return _sharding.reduce_max(err.astype(rdt)), ~_sharding.reduce_any(any_bad)
 
 
 def residual(f: Callable, z0, zs, xs, *, rtol, atol):
@@ -189,5 +202,5 @@ def with_fallback(zs, ok, sequential: Callable[[], jax.Array]):
     return jax.lax.cond(some_failed, repair, lambda zs: zs, zs)
 
 
-__all__ = ["leaf_tolerance", "element_tolerances", "Tolerances", "STEP_POWER", "ERROR_POWER", "same_nonfinite", "step_test", "summarize",
+__all__ = ["leaf_tolerance", "element_tolerances", "Tolerances", "STEP_POWER", "ERROR_POWER", "same_nonfinite", "step_test", "max_and_any", "summarize",
            "check", "error_test", "residual", "any_over_batch", "with_fallback"]
