@@ -152,6 +152,51 @@ def test_grad_jvp_vmap(name):
     close(out, jax.vmap(lambda x: jax.lax.scan(f, init, x))(batch), 1e-11)
 
 
+def complex_reset(S, x):           # complex per-row decay times a real gate that resets
+    q, k, v, theta, a = x
+    lam = a.astype(S.dtype) * 0.9 * jax.lax.complex(jnp.cos(theta), jnp.sin(theta))
+    S = lam[:, None] * S + jnp.outer(k, v)
+    return S, jnp.real(S.T @ q)
+
+
+@pytest.mark.parametrize("name", ("gla", "complex_reset", "mlstm"))
+def test_zero_gates_have_exact_derivatives(name):
+    """Resets (a gate of exactly zero: a document boundary in packed sequences), alone, two in
+    one chunk, at a chunk's first step, and a whole row: values, gradients w.r.t. every input
+    (the gates included) and a JVP equal the loop's -- never NaN."""
+    if name == "complex_reset":
+        _, init, xs = make("complex_gla", 24)
+        f, xs = complex_reset, xs + (sigmoid(randn(24, 4) + 2),)
+    else:
+        f, init, xs = make(name, 24)
+    xs = list(xs)
+    gate = 3 if name == "mlstm" else len(xs) - 1
+    g = xs[gate]
+    if g.ndim == 1:  # one scalar gate per step
+        g = g.at[5].set(0.0).at[9].set(0.0).at[10].set(0.0).at[8].set(0.0)
+    else:
+        g = g.at[5].set(0.0).at[9, 1].set(0.0).at[10, 1].set(0.0).at[8].set(0.0) \
+            .at[12, 3].set(0.0)
+    xs[gate] = g
+    xs = tuple(xs)
+    plan = recur.lax.plan(f, init, xs, method="chunked", chunk=4)
+    assert plan.method == "chunked"
+
+    def loss(run, xs):
+        carry, ys = run(f, init, xs)
+        return sum(jnp.sum(jnp.abs(jnp.sin(v)) ** 2) for v in jax.tree.leaves((carry, ys)))
+
+    chunked = lambda h, i, x: recur.lax.scan(h, i, x, method="chunked", chunk=4)  # noqa: E731
+    out, info = recur.lax.scan(f, init, xs, method="chunked", chunk=4, return_info=True)
+    close(out, jax.lax.scan(f, init, xs), 1e-11)
+    assert not bool(np.any(info.fell_back))
+    grad = jax.grad(loss, argnums=1)(chunked, xs)
+    assert not any(bool(jnp.any(jnp.isnan(v))) for v in jax.tree.leaves(grad))
+    close(grad, jax.grad(loss, argnums=1)(jax.lax.scan, xs), 1e-9)
+    t = jax.jvp(lambda xs: chunked(f, init, xs)[1], (xs,), (xs,))[1]
+    close(t, jax.jvp(lambda xs: jax.lax.scan(f, init, xs)[1], (xs,), (xs,))[1], 1e-9)
+
+
 def test_closed_over_parameters_get_gradients():
     T, d = 20, 4
     W = randn(d, d)

@@ -31,7 +31,9 @@ cumulative product along ``t`` of ``g_u`` (``u > s``) -- the quantity ``exp(L_t 
 of the log-space formulation, never a ratio of prefix products ``exp(L_t) / exp(L_s)``: so
 with ``|g| ≤ 1`` every factor has modulus at most one, nothing overflows, and a product
 underflows only where the true one does.  Zero, negative and complex decays need no
-special case, and derivatives are those of plain products (exact at a zero gate).  The
+special case, and derivatives are those of plain products (exact at a zero gate: a decay per
+row is summed in log space with its zero gates counted apart, and differentiated by its own
+rule, ``_row_segment_products``).  The
 mask is applied with ``where``, so a non-finite input never leaks into earlier steps.
 
 An output that reads the old state (``τ = t - 1``) is a readout of the new state at
@@ -41,6 +43,8 @@ over chunks keeps one state per chunk for the reverse pass).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -56,21 +60,65 @@ def _segment_products(g, C: int):
 
     One decay per head (``d = 1``): cumulative products along ``t`` for every start ``s``
     (exact for any gate, zero, negative or complex, and cheap at ``C² b`` per chunk).  A
-    decay per row (``d = K``): the same sums in log space, ``exp(Σ_{s<u≤t} log g_u)``, each
-    segment summed from its own start (Mamba-2's ``segsum``: rounding relative to the
-    segment, not to the chunk) -- a gate of exactly zero gives the right value but no
-    derivative, and a negative real gate a non-finite result, which the run's check sends
-    to the loop."""
-    t = jnp.arange(C)[:, None]
-    s = jnp.arange(-1, C)[None, :]
-    inside = (t > s)[None, :, :, None, None]
-    keep = (t >= s)[None, :, :, None, None]
+    decay per row (``d = K``): ``_row_segment_products``, in log space."""
     if g.shape[-1] == 1:
+        inside, keep = _segment_masks(C)
         P = jnp.cumprod(jnp.where(inside, g[:, :, None], jnp.ones((), g.dtype)), axis=1)
         return jnp.where(keep, P, jnp.zeros((), g.dtype))
-    logs = jnp.log(g)
-    L = jnp.cumsum(jnp.where(inside, logs[:, :, None], jnp.zeros((), logs.dtype)), axis=1)
-    return jnp.exp(jnp.where(keep, L, jnp.asarray(-jnp.inf, L.dtype)))
+    return _row_segment_products(g, C)
+
+
+def _segment_masks(C: int):
+    """``(inside, keep)``: ``u`` is inside segment ``(s, t]``; ``P_ts`` is kept (``s ≤ t``)."""
+    t = jnp.arange(C)[:, None]
+    s = jnp.arange(-1, C)[None, :]
+    return (t > s)[None, :, :, None, None], (t >= s)[None, :, :, None, None]
+
+
+def _segment_sums(a, C: int):
+    """``Σ_{s<u≤t} a_u`` for every segment: ``(N, C, b, d)`` -> ``(N, C, C+1, b, d)``."""
+    inside, _ = _segment_masks(C)
+    return jnp.cumsum(jnp.where(inside, a[:, :, None], jnp.zeros((), a.dtype)), axis=1)
+
+
+def _row_logs(g, C: int):
+    """``(E, Z, keep)``: ``E`` the product of the segment's nonzero gates (``exp`` of the
+    segment's sum of logs, each segment summed from its own start: Mamba-2's ``segsum``,
+    rounding relative to the segment), ``Z`` the number of its zero gates; ``P = [Z = 0] E``."""
+    zero = g == 0
+    E = jnp.exp(_segment_sums(jnp.log(jnp.where(zero, jnp.ones((), g.dtype), g)), C))
+    Z = _segment_sums(zero.astype(jnp.int32), C)
+    return E, Z, _segment_masks(C)[1]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _row_segment_products(g, C: int):
+    """Per-row segment products ``exp(Σ_{s<u≤t} log g_u)``: a zero gate (a reset) gives
+    ``log 0 = -inf`` and the right value 0, but autodiff of the logs would give ``0 · ∞``;
+    so the derivative is its own rule (``_row_segment_products_jvp``), that of the product,
+    exact at zero gates.  A negative real gate gives a non-finite result, which the run's
+    check sends to the loop."""
+    _, keep = _segment_masks(C)
+    return jnp.exp(jnp.where(keep, _segment_sums(jnp.log(g), C),
+                             jnp.asarray(-jnp.inf, jnp.log(g).dtype)))
+
+
+@_row_segment_products.defjvp
+def _row_segment_products_jvp(C, primals, tangents):
+    r"""``∂P_ts/∂g_u`` for ``u`` in the segment: ``P_ts / g_u`` where no gate is zero,
+    ``E_ts`` for the one zero gate where exactly one is (the product of the others), and 0
+    where two or more are; so ``dP = [Z = 0] E Σ_u dg_u/g_u + [Z = 1] E Σ_{u: g_u = 0} dg_u``
+    -- linear in ``dg``, so reverse mode transposes it."""
+    (g,), (dg,) = primals, tangents
+    E, Z, keep = _row_logs(g, C)
+    zero = g == 0
+    nothing = jnp.zeros((), dg.dtype)
+    ratio = jnp.where(zero, nothing, dg / jnp.where(zero, jnp.ones((), g.dtype), g))
+    at_zero = jnp.where(zero, dg, nothing)
+    P = jnp.where(keep & (Z == 0), E, jnp.zeros((), E.dtype))
+    dP = (jnp.where(keep & (Z == 0), E * _segment_sums(ratio, C), nothing)
+          + jnp.where(keep & (Z == 1), E * _segment_sums(at_zero, C), nothing))
+    return P, dP
 
 
 def leaf_readouts(lf: LeafForm, g, k, v, Q, S0, C: int, group: int = 0):
@@ -113,7 +161,6 @@ def _chunks_readouts(g, k, v, Q, S0, C: int):
     V = v.shape[-1]
     m = Q.shape[1]
     N = T // C
-    dt = k.dtype
     kc = k.reshape(N, C * R, b, K)
     vc = v.reshape(N, C * R, b, V)
     Qc = Q.reshape(N, C, m, b, K)
