@@ -263,35 +263,36 @@ def _shift(x, first, reverse):
 def _solve_affine(S, a, b, h0, reverse, chunk):
     """``_kernel`` wrapped in ``custom_linear_solve`` (exact jvp and transpose).
 
-    Unknowns ``(h, z)`` with ``z = h_{-1}``; the system is
-    ``h_t - A_t shift(h, z)_t = b_t``, ``z = h0`` -- linear in the right-hand side ``(b, h0)``.
-    """
+    The initial state enters the right-hand side: with ``e`` the first step (``T - 1`` when
+    reversed), ``r = b`` but ``r_e = b_e + A_e h0``, and ``A'`` = ``A`` with ``A'_e = 0``;
+    the system ``h_t - A'_t h_{t-1} = r_t`` (``h_{-1} = 0``) is linear in the one array ``r``.
+    (With ``(b, h0)`` as a pair of right-hand sides, JAX could not transpose the derivative
+    w.r.t. ``A`` alone: the ``h0`` part of its right-hand side is a constant zero.)  ``A'_e``
+    is zero rather than ``A_e`` times a zero state, so an infinite ``A_e`` gives what the
+    loop gives, not ``∞ · 0``."""
     T = b.shape[0]
+    edge = T - 1 if reverse else 0
+    rhs = b.at[edge].add(S.apply(a[edge], h0))
+    a0 = a.at[edge].set(jnp.zeros_like(a[edge]))
+    zero = jnp.zeros_like(h0)
 
-    def matvec(x):
-        h, z = x
-        return (h - S.apply(a, _shift(h, z, reverse)), z)
+    def matvec(h):
+        return h - S.apply(a0, _shift(h, zero, reverse))
 
-    def solve(_, rhs):
-        bb, z = rhs
-        return (_kernel(S, a, bb, z, reverse, chunk), z)
+    def solve(_, r):
+        return _kernel(S, a0, r, zero, reverse, chunk)
 
-    def transpose_solve(_, rhs):
-        # M^T (x, y) = (g, w):  x_t - A_{t+1}^T x_{t+1} = g_t  (reverse: A_{t-1}^T x_{t-1}),
-        #                       y - A_0^T x_0 = w              (reverse: A_{T-1}^T x_{T-1}).
-        g, w = rhs
-        at = S.transpose(a)
+    def transpose_solve(_, g):
+        # M^T x = g:  x_t - A_{t+1}^T x_{t+1} = g_t  (reverse: A_{t-1}^T x_{t-1}); A'_e is
+        # never read (it is the coefficient that multiplies the zero boundary)
+        at = S.transpose(a0)
         if reverse:  # adjoint runs forwards, coefficient A_{t-1}^T at t (t=0 multiplies 0)
             a_adj = jnp.concatenate([at[:1], at[:-1]])
         else:        # adjoint runs backwards, coefficient A_{t+1}^T at t (t=T-1 multiplies 0)
             a_adj = jnp.concatenate([at[1:], at[-1:]])
-        x = _kernel(S, a_adj, g, jnp.zeros_like(w), not reverse, chunk)
-        edge = T - 1 if reverse else 0
-        y = w + S.apply(at[edge], x[edge])
-        return (x, y)
+        return _kernel(S, a_adj, g, zero, not reverse, chunk)
 
-    hs, _ = lax.custom_linear_solve(matvec, (b, h0), solve, transpose_solve)
-    return hs
+    return lax.custom_linear_solve(matvec, rhs, solve, transpose_solve)
 
 
 _STRUCTURES = {"diag": _Diag, "block": _Block}
