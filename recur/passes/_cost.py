@@ -194,6 +194,9 @@ def predict(method: str, *, backend: str, T: int, n: int, flops: float, jacobian
 #   segment products T (C + 1) b d                                elements at ``seg_s``
 #   (a per-row decay also scales ``k`` per pair: T C R b K more)
 #   the scan over the T / C boundary states                        steps at ``loop_step_s``
+#   per chunk, the state's traffic: the boundary scan, the readout from the boundary state
+#   and the run's check at the chunk's first step (the body and the rebuilt step, compared)
+#                                    (T / C) b K V                 elements at ``state_s``
 #   the pieces and the rest of the body for all steps at once     (``pass`` of the body)
 # CPU: measured on this 2-core machine (jax 0.10.2, a loaded machine, load 4-9: GLA and
 # Mamba-2/SSD layers, T = 4096, dk = dv = 64, C = 8..64: ~5e-11 s per matmul flop, ~2e-9 s
@@ -205,9 +208,13 @@ def predict(method: str, *, backend: str, T: int, n: int, flops: float, jacobian
 # ``T (c_loop + F_body c_loop-flop)`` (measured here: 0.7 us per step for the 64 x 64 GLA
 # body, F = 25k flops; the per-state-element term of the generic loop model, fitted on
 # small states, would say 7 us).
+# ``state_s`` on CPU: fitted to chunked runs at C = 8..64 (T = 1024/4096, d = 128 GLA and
+# SSD, d = 64 x 4 heads GLA; 0.7e-8..1.4e-8 s), without which the model took C = 8 for the
+# d = 128 GLA layer where C = 16 ran 1.4-2x faster (T = 1024: 24.7 vs 11.8 ms) and C = 32
+# for the SSD layer where C = 64 ran 1.4x faster; GPU: assumed (bandwidth).
 CHUNKED = {
-    "cpu": {"flop_s": 5e-11, "seg_s": 2e-9, "step_s": 4e-5},
-    "gpu": {"flop_s": 1e-13, "seg_s": 2e-12, "step_s": 1e-5},
+    "cpu": {"flop_s": 5e-11, "seg_s": 2e-9, "step_s": 4e-5, "state_s": 1e-8},
+    "gpu": {"flop_s": 1e-13, "seg_s": 2e-12, "step_s": 1e-5, "state_s": 1e-11},
 }
 
 
@@ -219,12 +226,13 @@ def predict_chunked(backend: str, T: int, C: int, leaves, body_flops: float,
     k = CHUNKED.get(backend, CHUNKED["gpu"])
     T = max(int(T), 1)
     N = -(-T // C)
-    flops = seg = 0.0
+    flops = seg = state = 0.0
     for b, K, V, R, m, d in leaves:
         flops += 2.0 * T * b * (C * R * (m * K + m * V) + R * K * V + m * K * V)
         seg += T * (C + 1) * b * d + (T * C * R * b * K if d > 1 else 0)
-    forward = (flops * k["flop_s"] + seg * k["seg_s"] + N * k["step_s"] + c.pass_s
-               + T * max(float(body_flops), 1.0) * c.map_flop_s)
+        state += N * b * K * V
+    forward = (flops * k["flop_s"] + seg * k["seg_s"] + N * k["step_s"] + state * k["state_s"]
+               + c.pass_s + T * max(float(body_flops), 1.0) * c.map_flop_s)
     return forward * (1 + (c.scan_backward if backward else 0.0))
 
 
