@@ -207,9 +207,8 @@ def tangent_solve(g: Callable, y: jax.Array, structure: Structure, chunk=None) -
         return y
     cols = _shift_per_step(g, T, n)(jnp.asarray(structure_tangents(structure, n, y.dtype)))
     a = cols[:, :, 0] if isinstance(form, DiagForm) else form.from_columns(cols)
-    # A_0 = 0 (row 0 of the extraction), so h_{-1} does not matter; it is y_0 rather than a
-    # constant zero because custom_linear_solve only transposes when every right-hand side
-    # (here b and h0) is linear in the cotangent.
+    # A_0 = 0 (row 0 of the extraction), so h_{-1} does not matter (y_0 is as good as any:
+    # the kernel folds A_0 h_{-1} into its right-hand side).
     return _linear.solve(form, a, y, _sharding.from_first_step(y[0]), chunk=chunk)
 
 
