@@ -261,26 +261,46 @@ def _shift(x, first, reverse):
 
 
 def _solve_affine(S, a, b, h0, reverse, chunk):
-    """``_kernel`` wrapped in ``custom_linear_solve`` (exact jvp and transpose).
+    """``_kernel`` with exact derivatives: the values are the kernel's on ``(a, b, h0)`` as
+    given (no copies on the forward path); the derivative (``_solve_affine_jvp``) solves
+    the same recurrence for the tangents."""
+    return _affine(S, reverse, chunk, a, b, h0)
 
-    The initial state enters the right-hand side: with ``e`` the first step (``T - 1`` when
-    reversed), ``r = b`` but ``r_e = b_e + A_e h0``, and ``A'`` = ``A`` with ``A'_e = 0``;
-    the system ``h_t - A'_t h_{t-1} = r_t`` (``h_{-1} = 0``) is linear in the one array ``r``.
-    (With ``(b, h0)`` as a pair of right-hand sides, JAX could not transpose the derivative
-    w.r.t. ``A`` alone: the ``h0`` part of its right-hand side is a constant zero.)  ``A'_e``
-    is zero rather than ``A_e`` times a zero state, so an infinite ``A_e`` gives what the
-    loop gives, not ``∞ · 0``."""
-    T = b.shape[0]
-    edge = T - 1 if reverse else 0
-    rhs = b.at[edge].add(S.apply(a[edge], h0))
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _affine(S, reverse, chunk, a, b, h0):
+    return _kernel(S, a, b, h0, reverse, chunk)
+
+
+@_affine.defjvp
+def _solve_affine_jvp(S, reverse, chunk, primals, tangents):
+    """``dh_t = A_t dh_{t-1} + dA_t h_{t-1} + db_t``, ``dh_{-1} = dh0``: with ``e`` the first
+    step, the right-hand side ``r = db + dA shift(h, h0)``, ``r_e += A_e dh0``, one array
+    linear in the tangents, solved by ``_tangent_solve``."""
+    a, b, h0 = primals
+    da, db, dh0 = tangents
+    h = _affine(S, reverse, chunk, a, b, h0)
+    edge = b.shape[0] - 1 if reverse else 0
+    r = db + S.apply(da, _shift(h, h0, reverse))
+    r = r.at[edge].add(S.apply(a[edge], dh0))
+    return h, _tangent_solve(S, a, r, reverse, chunk)
+
+
+def _tangent_solve(S, a, r, reverse, chunk):
+    """``h_t - A'_t h_{t-1} = r_t`` (``h_{-1} = 0``, ``A'`` = ``A`` with the first step's
+    coefficient zero) in ``custom_linear_solve``: exact jvp and transpose, one right-hand
+    side (with ``(b, h0)`` as a pair, JAX could not transpose the derivative w.r.t. ``A``
+    alone: the ``h0`` part was a constant zero).  ``A'_e`` is zero rather than ``A_e`` times
+    a zero state, so an infinite ``A_e`` gives what the loop gives, not ``∞ · 0``."""
+    edge = r.shape[0] - 1 if reverse else 0
     a0 = a.at[edge].set(jnp.zeros_like(a[edge]))
-    zero = jnp.zeros_like(h0)
+    zero = jnp.zeros(r.shape[1:], r.dtype)
 
     def matvec(h):
         return h - S.apply(a0, _shift(h, zero, reverse))
 
-    def solve(_, r):
-        return _kernel(S, a0, r, zero, reverse, chunk)
+    def solve(_, rr):
+        return _kernel(S, a0, rr, zero, reverse, chunk)
 
     def transpose_solve(_, g):
         # M^T x = g:  x_t - A_{t+1}^T x_{t+1} = g_t  (reverse: A_{t-1}^T x_{t-1}); A'_e is
@@ -292,7 +312,7 @@ def _solve_affine(S, a, b, h0, reverse, chunk):
             a_adj = jnp.concatenate([at[1:], at[-1:]])
         return _kernel(S, a_adj, g, zero, not reverse, chunk)
 
-    return lax.custom_linear_solve(matvec, rhs, solve, transpose_solve)
+    return lax.custom_linear_solve(matvec, r, solve, transpose_solve)
 
 
 _STRUCTURES = {"diag": _Diag, "block": _Block}
